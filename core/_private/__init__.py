@@ -1,0 +1,1 @@
+"""servekit internals. Nothing here is public API; import from ``servekit.core``."""

@@ -1,0 +1,250 @@
+"""The ``servekit`` command: up, down, status, deploy, delete, list, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from servekit.core._private.errors import ServekitError, SpecError
+
+_out = Console()
+_err = Console(stderr=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 failure, 2 usage error)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    # Ray's own INFO lines would drown the CLI's progress; its warnings still show.
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.run(args)
+        return result
+    except ServekitError as exc:
+        _fail(exc, args)
+        return 1
+    except KeyboardInterrupt:
+        _err.print("interrupted")
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="servekit",
+        description="Serve models on Ray Serve: an embedded local cluster by default.",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to use (host:port, auto, ray://...); default: RAY_ADDRESS, "
+        "else the embedded local cluster under SERVEKIT_HOME",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], help: str) -> Any:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        p.set_defaults(run=run)
+        return p
+
+    up = command("up", _up, "start the embedded local cluster (no-op if running)")
+    up.add_argument("--http-port", type=int, default=None, help="HTTP port (default 8000)")
+    up.add_argument("--num-cpus", type=float, default=None, help="logical CPUs for Ray")
+    command("down", _down, "stop the embedded local cluster and every service on it")
+    st = command("status", _status, "show the cluster, its ingress and the services")
+    st.add_argument("name", nargs="?", help="one service")
+    dp = command("deploy", _deploy, "deploy (or update) the services in a YAML spec file")
+    dp.add_argument("file", help="YAML file with one spec, a list, or {services: [...]}")
+    dp.add_argument("--no-wait", action="store_true", help="return without waiting for RUNNING")
+    dp.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
+    rm = command("delete", _delete, "delete a service")
+    rm.add_argument("name")
+    command("list", _list, "list the services")
+    pr = command("predict", _predict, "send one input to a service and print the output")
+    pr.add_argument("name")
+    pr.add_argument("--data", required=True, help="the input as JSON, or @FILE to read it")
+    pr.add_argument("--model-id", default=None, help="model id for a multiplexed service")
+    pr.add_argument("--timeout", type=float, default=60.0)
+    return parser
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+def _up(args: argparse.Namespace) -> int:
+    from servekit.core._private.runtime import Runtime
+
+    with _progress(args, "starting") as say:
+        runtime = Runtime.connect(
+            args.address, http_port=args.http_port, num_cpus=args.num_cpus, progress=say
+        )
+    info = runtime.describe()
+    if args.json:
+        _print_json(info)
+    else:
+        _out.print(f"[green]cluster ready[/green] at {info['address']}")
+        _out.print(f"HTTP: {info['http_url']}  (ingress: {info['ingress']})")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from servekit.core._private.cluster import LocalCluster
+
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        raise SpecError("--address", "`down` stops only the embedded local cluster")
+    with _progress(args, "stopping the local cluster"):
+        stopped = LocalCluster().stop()
+    if args.json:
+        _print_json({"stopped": stopped})
+    else:
+        _out.print("cluster stopped" if stopped else "no local cluster was running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    runtime = _connect(args, start=False)
+    if args.name:
+        status = runtime.status(args.name)
+        if args.json:
+            _print_json(status.to_dict())
+        else:
+            _services_table([status])
+            if status.message:
+                _out.print(status.message)
+        return 0
+    info = runtime.describe()
+    services = runtime.list()
+    if args.json:
+        _print_json({"cluster": info, "services": [s.to_dict() for s in services]})
+        return 0
+    _out.print(f"cluster: {info['address']} ({'embedded' if info['embedded'] else 'external'})")
+    _out.print(f"HTTP: {info['http_url']}")
+    _out.print(f"ingress: {info['ingress']}")
+    _services_table(services)
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from servekit.core._private.spec import ServiceSpec
+
+    specs = ServiceSpec.from_yaml(args.file)
+    runtime = _connect(args)
+    results = []
+    for spec in specs:
+        with _progress(args, f"deploying {spec.name}") as say:
+            status = runtime.deploy(
+                spec, wait=not args.no_wait, timeout_s=args.timeout, progress=say
+            )
+        results.append(status)
+        if not args.json:
+            _out.print(f"[green]{spec.name}[/green] {status.status.lower()} at {status.url}")
+    if args.json:
+        _print_json([s.to_dict() for s in results])
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    runtime = _connect(args, start=False)
+    with _progress(args, f"deleting {args.name}"):
+        runtime.delete(args.name)
+    if args.json:
+        _print_json({"deleted": args.name})
+    else:
+        _out.print(f"deleted {args.name}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    services = _connect(args, start=False).list()
+    if args.json:
+        _print_json([s.to_dict() for s in services])
+    else:
+        _services_table(services)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    raw = args.data
+    if raw.startswith("@"):
+        try:
+            with open(raw[1:]) as f:
+                raw = f.read()
+        except OSError as exc:
+            raise SpecError("--data", f"cannot read {raw[1:]}: {exc.strerror}") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SpecError("--data", f"not valid JSON ({exc})") from None
+    runtime = _connect(args, start=False)
+    output = runtime.predict(args.name, data, model_id=args.model_id, timeout_s=args.timeout)
+    _print_json(output)
+    return 0
+
+
+# -- output --------------------------------------------------------------------------
+
+
+def _connect(args: argparse.Namespace, start: bool = True) -> Any:
+    from servekit.core._private.runtime import Runtime
+
+    with _progress(args, "connecting to the cluster") as say:
+        return Runtime.connect(args.address, start=start, progress=say)
+
+
+@contextmanager
+def _progress(args: argparse.Namespace, title: str) -> Iterator[Callable[[str], None]]:
+    """A spinner with the current phase on stderr; phases also print as lines."""
+    if args.json or not _err.is_terminal:
+        yield lambda message: _err.print(f"[dim]{message}[/dim]") if not args.json else None
+        return
+    with _err.status(title) as status:
+
+        def say(message: str) -> None:
+            status.update(message)
+            _err.print(f"[dim]{message}[/dim]")
+
+        yield say
+
+
+def _services_table(services: list[Any]) -> None:
+    if not services:
+        _out.print("no services")
+        return
+    table = Table("name", "status", "replicas", "url")
+    for s in services:
+        replicas = ", ".join(f"{n} {state.lower()}" for state, n in sorted(s.replicas.items()))
+        colour = "green" if s.status == "RUNNING" else "yellow"
+        table.add_row(s.name, f"[{colour}]{s.status}[/{colour}]", replicas, s.url or "-")
+    _out.print(table)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _fail(exc: ServekitError, args: argparse.Namespace) -> None:
+    from servekit.core._private.errors import DeployError
+
+    if getattr(args, "json", False):
+        body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        if isinstance(exc, DeployError):
+            body["details"] = exc.details
+        sys.stdout.write(json.dumps(body) + "\n")
+    _err.print(f"[red]error:[/red] {exc}", highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

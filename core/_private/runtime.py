@@ -1,0 +1,370 @@
+"""Runtime: the only object in servekit that talks to Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from servekit.core._private.cluster import ClusterInfo, LocalCluster
+from servekit.core._private.errors import ClusterUnavailable, DeployError, NotFound, Timeout
+from servekit.core._private.server import DEPLOYMENT_NAME, build_application
+from servekit.core._private.spec import ServiceSpec
+
+logger = logging.getLogger("servekit.runtime")
+
+Progress = Callable[[str], None]
+_FAILED = {"DEPLOY_FAILED", "UNHEALTHY"}
+
+
+@dataclass
+class ServiceStatus:
+    """What ``Runtime.status`` reports for one service."""
+
+    name: str
+    status: str
+    route_prefix: str | None
+    url: str | None
+    message: str = ""
+    replicas: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "route_prefix": self.route_prefix,
+            "url": self.url,
+            "message": self.message,
+            "replicas": self.replicas,
+        }
+
+
+class Runtime:
+    """A connection to a Ray cluster with Serve, and the services on it.
+
+    Example::
+
+        runtime = Runtime.connect()           # embedded local cluster, started if absent
+        runtime.deploy(ServiceSpec(name="echo", source="python:my_models:Echo"))
+        runtime.predict("echo", {"x": 1})
+        runtime.url("echo")                   # http://127.0.0.1:8000/echo
+
+    Raises :class:`ClusterUnavailable` when no cluster can be reached or started.
+    """
+
+    def __init__(self, address: str, http_url: str, ingress: str, local: LocalCluster | None):
+        self.address = address
+        self.http_url = http_url
+        self.ingress = ingress
+        self.local = local
+        self._routes: dict[tuple[str, float], str | None] = {}
+
+    # -- connecting ------------------------------------------------------------------
+    @classmethod
+    def connect(
+        cls,
+        address: str | None = None,
+        *,
+        home: str | Path | None = None,
+        start: bool = True,
+        http_port: int | None = None,
+        num_cpus: float | None = None,
+        progress: Progress | None = None,
+    ) -> Runtime:
+        """Connect to ``address`` (or ``RAY_ADDRESS``: ``auto``, ``host:port``, ``ray://...``),
+        or else to the embedded local cluster of ``home``, starting it if ``start``."""
+        import ray
+
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        local: LocalCluster | None = None
+        if address is None:
+            local = LocalCluster(Path(home) if home else None)
+            info = local.info()
+            if info is None:
+                if not start:
+                    raise ClusterUnavailable(
+                        "no servekit cluster is running; start one with `servekit up`"
+                    )
+                info = local.start(http_port=http_port, num_cpus=num_cpus, progress=progress)
+            os.environ.update(
+                {"RAY_SERVE_ENABLE_HA_PROXY": "1" if info.ingress == "haproxy" else "0"}
+            )
+            _use_auth_env(local.auth_env())
+            address = info.address
+        if ray.is_initialized():
+            current = ray.get_runtime_context().gcs_address
+            if current != address and not address.startswith(("auto", "ray://")):
+                ray.shutdown()
+        if not ray.is_initialized():
+            try:
+                ray.init(
+                    address=address,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ClusterUnavailable(
+                    f"cannot reach a Ray cluster at {address!r}: {exc}. "
+                    "Start one with `servekit up`, or set RAY_ADDRESS to a running cluster."
+                ) from None
+        return cls._with_serve(address, local.info() if local else None, local)
+
+    @classmethod
+    def _with_serve(
+        cls, address: str, info: ClusterInfo | None, local: LocalCluster | None
+    ) -> Runtime:
+        from ray import serve
+
+        if info is not None:
+            host, port = info.http_host, info.http_port
+        else:
+            host, port = "0.0.0.0", int(os.environ.get("SERVEKIT_HTTP_PORT", "8000"))
+        serve.start(proxy_location="EveryNode", http_options={"host": host, "port": port})
+        ingress = info.ingress if info else _detect_ingress()
+        shown_host = "127.0.0.1" if host == "0.0.0.0" else host
+        return cls(address, f"http://{shown_host}:{port}", ingress, local)
+
+    # -- services --------------------------------------------------------------------
+    def deploy(
+        self,
+        spec: ServiceSpec,
+        *,
+        wait: bool = True,
+        timeout_s: float = 300.0,
+        progress: Progress | None = None,
+    ) -> ServiceStatus:
+        """Create ``spec``'s service, or update it in place if it exists.
+
+        Blocks until RUNNING when ``wait``. On failure raises :class:`DeployError` with the
+        replica's own error, and leaves nothing half-deployed: a new service is deleted,
+        an updated one is put back to its previous spec.
+        """
+        previous = self._current_spec(spec.name)
+        say = progress or (lambda message: logger.info(message))
+        say(f"{'updating' if previous else 'deploying'} {spec.name!r} ({spec.source})")
+        self._submit(spec)
+        if not wait:
+            return self.status(spec.name)
+        try:
+            return self._wait_running(spec.name, timeout_s, say)
+        except (DeployError, Timeout):
+            if previous is None:
+                say(f"removing the failed service {spec.name!r}")
+                self.delete(spec.name)
+            else:
+                say(f"restoring the previous spec of {spec.name!r}")
+                self._submit(previous)
+                self._wait_running(spec.name, timeout_s, say)
+            raise
+
+    def update(
+        self,
+        spec: ServiceSpec,
+        *,
+        wait: bool = True,
+        timeout_s: float = 300.0,
+        progress: Progress | None = None,
+    ) -> ServiceStatus:
+        """Change a running service in place. Replicas roll one by one, so it keeps
+        serving; a change of ``batching`` or ``user_config`` alone restarts nothing.
+        Raises :class:`NotFound` if the service does not exist."""
+        if self._current_spec(spec.name) is None:
+            raise NotFound(f"no service named {spec.name!r}; deploy it first")
+        return self.deploy(spec, wait=wait, timeout_s=timeout_s, progress=progress)
+
+    def delete(self, name: str, *, wait: bool = True) -> None:
+        """Delete a service. Raises :class:`NotFound` if there is none by that name."""
+        from ray import serve
+
+        if name not in self._apps():
+            raise NotFound(f"no service named {name!r}")
+        serve.delete(name, _blocking=wait)
+
+    def list(self) -> list[ServiceStatus]:
+        """Every servekit service on the cluster (other Serve apps are left out)."""
+        return [self._status_of(name, app) for name, app in sorted(self._apps().items())]
+
+    def status(self, name: str) -> ServiceStatus:
+        """One service's status. Raises :class:`NotFound`."""
+        apps = self._apps()
+        if name not in apps:
+            raise NotFound(f"no service named {name!r}")
+        return self._status_of(name, apps[name])
+
+    def spec(self, name: str) -> ServiceSpec:
+        """The spec a service runs with. Raises :class:`NotFound`."""
+        found = self._current_spec(name)
+        if found is None:
+            raise NotFound(f"no service named {name!r}")
+        return found
+
+    def handle(self, name: str) -> Any:
+        """A Ray Serve DeploymentHandle to the service's ModelServer."""
+        from ray import serve
+
+        if name not in self._apps():
+            raise NotFound(f"no service named {name!r}")
+        return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=name)
+
+    def url(self, name: str) -> str:
+        """The service's HTTP address, e.g. ``http://127.0.0.1:8000/echo``."""
+        status = self.status(name)
+        return f"{self.http_url}{'' if status.route_prefix == '/' else status.route_prefix}"
+
+    def predict(
+        self, name: str, data: Any, *, model_id: str | None = None, timeout_s: float = 60.0
+    ) -> Any:
+        """Predict one input through the service's handle (batched like HTTP requests)."""
+        handle = self.handle(name)
+        if model_id:
+            handle = handle.options(multiplexed_model_id=model_id)
+        try:
+            return handle.predict.remote(data).result(timeout_s=timeout_s)
+        except TimeoutError:
+            raise Timeout(f"{name!r} did not answer within {timeout_s:g}s") from None
+
+    def describe(self) -> dict[str, Any]:
+        """The cluster: address, HTTP URL, ingress (haproxy or python), embedded or not."""
+        data: dict[str, Any] = {
+            "address": self.address,
+            "http_url": self.http_url,
+            "ingress": self.ingress,
+            "embedded": self.local is not None,
+        }
+        if self.local is not None:
+            data["home"] = str(self.local.home)
+        return data
+
+    # -- internals -------------------------------------------------------------------
+    def _submit(self, spec: ServiceSpec) -> None:
+        from ray import serve
+
+        target = serve.RunTarget(
+            target=build_application(spec, upload_local_dirs),
+            name=spec.name,
+            route_prefix=spec.route,
+        )
+        serve.run_many([target], wait_for_applications_running=False)
+
+    def _wait_running(self, name: str, timeout_s: float, say: Progress) -> ServiceStatus:
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while True:
+            apps = self._apps()
+            app = apps.get(name)
+            if app is not None:
+                status = self._status_of(name, app)
+                line = f"{status.status.lower()}: " + ", ".join(
+                    f"{count} {state.lower()}" for state, count in sorted(status.replicas.items())
+                )
+                if line != last:
+                    say(line)
+                    last = line
+                if status.status == "RUNNING":
+                    return status
+                if status.status in _FAILED:
+                    cause, details = _root_cause(status.message)
+                    raise DeployError(name, cause, details)
+            if time.monotonic() > deadline:
+                raise Timeout(f"service {name!r} was not running after {timeout_s:g}s ({last})")
+            time.sleep(0.5)
+
+    def _apps(self) -> dict[str, Any]:
+        from ray import serve
+
+        return {
+            name: app
+            for name, app in serve.status().applications.items()
+            if DEPLOYMENT_NAME in app.deployments
+        }
+
+    def _status_of(self, name: str, app: Any) -> ServiceStatus:
+        deployment = app.deployments.get(DEPLOYMENT_NAME)
+        replicas = {str(k): v for k, v in (deployment.replica_states or {}).items()} if deployment else {}
+        message = app.message or (deployment.message if deployment else "")
+        route = self._route_of(name, app)
+        url = None
+        if route is not None:
+            url = f"{self.http_url}{'' if route == '/' else route}"
+        return ServiceStatus(
+            name=name,
+            status=str(getattr(app.status, "value", app.status)),
+            route_prefix=route,
+            url=url,
+            message=message,
+            replicas=replicas,
+        )
+
+    def _route_of(self, name: str, app: Any) -> str | None:
+        key = (name, float(app.last_deployed_time_s))
+        if key not in self._routes:
+            if str(getattr(app.status, "value", app.status)) != "RUNNING":
+                return None
+            spec = self._current_spec(name)
+            self._routes[key] = spec.route if spec else None
+        return self._routes[key]
+
+    def _current_spec(self, name: str) -> ServiceSpec | None:
+        apps = self._apps()
+        if name not in apps or str(getattr(apps[name].status, "value", "")) == "DELETING":
+            return None
+        from ray import serve
+
+        try:
+            handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=name)
+            described = handle.describe.remote().result(timeout_s=30)
+        except Exception:
+            return None  # not running (yet): nothing to restore
+        return ServiceSpec(**described["spec"])
+
+
+def upload_local_dirs(runtime_env: dict[str, Any]) -> dict[str, Any]:
+    """Replace local ``working_dir``/``py_modules`` paths with packages uploaded to the
+    cluster, as ``ray.init(runtime_env=...)`` does; Serve deployments accept only URIs."""
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    runtime_env = upload_py_modules_if_needed(runtime_env, include_gitignore=True, logger=logger)
+    runtime_env = upload_working_dir_if_needed(runtime_env, include_gitignore=True, logger=logger)
+    runtime_env.pop("excludes", None)
+    return runtime_env
+
+
+def _use_auth_env(env: dict[str, str]) -> None:
+    """Make this process use the cluster's token, even if Ray read its settings already."""
+    if all(os.environ.get(k) == v for k, v in env.items()):
+        return
+    os.environ.update(env)
+    # Ray caches the auth mode and token at import; reload them from the environment.
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _root_cause(message: str) -> tuple[str, str]:
+    """The user's own exception line from a Ray Serve failure message."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head.endswith(("Error", "Exception")) and not head.startswith(("ray.", "Ray")):
+            return line, message
+    return (lines[-1] if lines else "unknown error"), message
+
+
+def _detect_ingress() -> str:
+    """Which ingress a cluster we did not start runs: HAProxy or Ray Serve's Python proxy."""
+    from ray.util.state import list_actors
+
+    try:
+        actors = list_actors(filters=[("class_name", "=", "HAProxyManager"), ("state", "=", "ALIVE")])
+        return "haproxy" if actors else "python"
+    except Exception:
+        return "unknown"
+
+

@@ -1,0 +1,74 @@
+"""Servable: what an adapter implements so that ModelServer can host it."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from servekit.core._private.server import ServingContext
+
+T = TypeVar("T")
+
+
+class Servable(abc.ABC):
+    """One kind of model, served. A plugin is one subclass of this.
+
+    ModelServer supplies batching, multiplexing, health checks and live
+    reconfiguration; a Servable supplies loading, batch prediction and the wire
+    protocol. Example::
+
+        class EchoServable(Servable):
+            def load(self, model_id):
+                return None
+            async def predict(self, model, batch):
+                return batch
+            def routes(self, server):
+                router = APIRouter()
+                @router.post("/echo")
+                async def echo(request: Request):
+                    return await server.infer(await request.json())
+                return router
+    """
+
+    def __init__(self, target: str, options: dict[str, Any]) -> None:
+        self.target = target
+        self.options = options
+        self._model_thread: ThreadPoolExecutor | None = None
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking model code off the event loop, one call at a time, so the
+        replica keeps accepting (and batching) requests while a batch computes."""
+        if self._model_thread is None:
+            self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="servekit-model")
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
+
+    @abc.abstractmethod
+    def load(self, model_id: str) -> Any:
+        """Load one model (or version); ``model_id`` is ``""`` when multiplexing is off.
+
+        Runs in a worker thread inside the replica; raise to fail the load.
+        """
+
+    @abc.abstractmethod
+    async def predict(self, model: Any, batch: list[Any]) -> list[Any]:
+        """Predict a batch of request inputs; return one output per input, in order."""
+
+    @abc.abstractmethod
+    def routes(self, server: ServingContext) -> APIRouter:
+        """The HTTP routes of the wire protocol, mounted under the service's route prefix."""
+
+    def check_health(self) -> None:  # noqa: B027 - optional hook
+        """Raise if the replica should be restarted; called every health-check period."""
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Apply the spec's ``user_config`` live, without a restart."""
+
+    def error_body(self, status_code: int, code: str, message: str) -> dict[str, Any]:
+        """The JSON body of an error response; override to match a host's protocol."""
+        return {"error": {"code": code, "message": message}}

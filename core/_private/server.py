@@ -1,0 +1,288 @@
+"""ModelServer: the one Ray Serve deployment that hosts every adapter's Servable."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve import Application
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from servekit.core._private.batching import Batcher
+from servekit.core._private.errors import BadRequest
+from servekit.core._private.servable import Servable
+from servekit.core._private.sources import servable_class
+from servekit.core._private.spec import ServiceSpec
+
+logger = logging.getLogger("servekit.server")
+
+MODEL_ID_HEADER = "serve_multiplexed_model_id"
+DEPLOYMENT_NAME = "ModelServer"
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+# A user factory that raises is not worth 20 retries: fail the deploy fast.
+_CONSTRUCTOR_RETRIES = 2
+
+
+class ServingContext:
+    """What a Servable's routes use to reach the model: batching and multiplexing included."""
+
+    def __init__(self, server: ModelServer) -> None:
+        self._server = server
+
+    @property
+    def spec(self) -> ServiceSpec:
+        return self._server.spec
+
+    def model_id(self, request: Request | None = None) -> str:
+        """The model id a request asks for: header, handle option, or the spec's default.
+
+        Raises BadRequest when the service is multiplexed and no id was given.
+        """
+        return self._server.model_id(request)
+
+    async def infer(self, item: Any, model_id: str | None = None) -> Any:
+        """Predict one input through the batcher; ``model_id`` defaults to the request's."""
+        return await self._server.infer(item, model_id)
+
+    async def model(self, model_id: str = "") -> Any:
+        """The loaded model for ``model_id`` (for routes that bypass batching, e.g. streams)."""
+        return await self._server.get_model(model_id)
+
+
+@serve.ingress()
+class ModelServer:
+    """Hosts one Servable: batching, multiplexing, health checks, live reconfigure."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = ServiceSpec(**spec)
+        self.replica_id = _replica_id()
+        self._servable: Servable = servable_class(self.spec.scheme)(
+            self.spec.target, dict(self.spec.options)
+        )
+        batching = self.spec.batching
+        self._batcher = Batcher(self._run_batch, batching.max_batch_size, batching.max_wait_ms)
+        self._model: Any = None
+        self._load_multiplexed: Any = None
+        if self.spec.multiplexing is not None:
+            limit = self.spec.multiplexing.max_models_per_replica
+
+            async def load(model_id: str) -> Any:
+                return await self._load(model_id)
+
+            self._load_multiplexed = serve.multiplexed(max_num_models_per_replica=limit)(load)
+        else:
+            self._model = self._load_now("")
+
+    # -- model loading ---------------------------------------------------------------
+    def _load_now(self, model_id: str) -> Any:
+        started = time.perf_counter()
+        logger.info("loading model %r for service %r", model_id or self.spec.target, self.spec.name)
+        model = self._servable.load(model_id)
+        logger.info("loaded model %r in %.2fs", model_id, time.perf_counter() - started)
+        return model
+
+    async def _load(self, model_id: str) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._load_now, model_id)
+
+    async def get_model(self, model_id: str) -> Any:
+        if self._load_multiplexed is None:
+            return self._model
+        return await self._load_multiplexed(model_id)
+
+    def model_id(self, request: Request | None = None) -> str:
+        if self.spec.multiplexing is None:
+            return ""
+        model_id = ""
+        if request is not None:
+            model_id = request.headers.get(MODEL_ID_HEADER) or request.headers.get(
+                MODEL_ID_HEADER.replace("_", "-"), ""
+            )
+        model_id = model_id or serve.get_multiplexed_model_id()
+        model_id = model_id or (self.spec.multiplexing.default_model_id or "")
+        if not model_id:
+            raise BadRequest(
+                f"service {self.spec.name!r} serves several models: "
+                f"name one in the {MODEL_ID_HEADER!r} header",
+                code="model_id_required",
+            )
+        return model_id
+
+    # -- prediction ------------------------------------------------------------------
+    async def infer(self, item: Any, model_id: str | None = None) -> Any:
+        if model_id is None:
+            model_id = self.model_id()
+        if self._load_multiplexed is not None:
+            # Load (or touch in the LRU) before queueing, so a batch never waits on a load.
+            await self._load_multiplexed(model_id)
+        return await self._batcher.submit(model_id, item)
+
+    async def _run_batch(self, model_id: str, items: list[Any]) -> list[Any]:
+        model = await self.get_model(model_id)
+        return await self._servable.predict(model, items)
+
+    async def predict(self, item: Any, model_id: str | None = None) -> Any:
+        """Handle entry point: ``handle.predict.remote(item)``; the model id may come
+        from ``handle.options(multiplexed_model_id=...)``."""
+        with self._batcher.arriving():
+            return await self.infer(item, model_id or None)
+
+    def describe(self) -> dict[str, Any]:
+        """The spec this replica runs and what it holds, for ``Runtime.status``."""
+        return {
+            "spec": self.spec.model_dump(mode="json"),
+            "replica_id": self.replica_id,
+            "pid": os.getpid(),
+            "batch_sizes": dict(self._batcher.batch_sizes),
+        }
+
+    # -- Ray Serve hooks -------------------------------------------------------------
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        batching = config.get("batching") or {}
+        user_config = config.get("user_config") or {}
+        if batching:
+            self._batcher.configure(batching["max_batch_size"], batching["max_wait_ms"])
+            logger.info("batching now %s", batching)
+        self.spec = self.spec.model_copy(
+            update={"batching": type(self.spec.batching)(**batching), "user_config": user_config}
+        )
+        self._servable.reconfigure(user_config)
+
+    def check_health(self) -> None:
+        self._servable.check_health()
+
+    def __serve_build_asgi_app__(self) -> Any:
+        app = FastAPI(title=f"servekit: {self.spec.name}", docs_url=None, redoc_url=None)
+        app.state.servekit = self
+        app.include_router(self._servable.routes(ServingContext(self)))
+        _install_error_handlers(app, self._servable)
+        return _Ingress(app, self._batcher)
+
+
+class _Ingress:
+    """The replica's ASGI entry: serves the bare route prefix (``POST /echo``) without a
+    redirect, and marks each POST as arriving until it reaches the batcher."""
+
+    def __init__(self, app: Any, batcher: Batcher) -> None:
+        self.app = app
+        self._batcher = batcher
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        root = scope.get("root_path", "")
+        if scope["path"] in ("", root):
+            scope = {**scope, "path": root + "/", "raw_path": (root + "/").encode()}
+        if scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        with self._batcher.arriving():
+            await self.app(scope, receive, send)
+
+
+def _install_error_handlers(app: FastAPI, servable: Servable) -> None:
+    def reply(status: int, code: str, message: str) -> JSONResponse:
+        return JSONResponse(servable.error_body(status, code, message), status_code=status)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        return reply(exc.status_code, exc.code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        return reply(422, "invalid_input", problems or "invalid input")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        return reply(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        request_id = uuid.uuid4().hex[:12]
+        logger.exception("request %s failed", request_id)
+        return reply(500, "internal_error", f"the model failed on this input (request {request_id})")
+
+
+def _replica_id() -> str:
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # outside a replica (unit use)
+        return f"pid-{os.getpid()}"
+
+
+def build_application(
+    spec: ServiceSpec,
+    prepare_env: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Application:
+    """The Ray Serve application for ``spec``: one ModelServer deployment.
+
+    ``prepare_env`` turns the spec's runtime_env into one the cluster can use
+    (uploading local folders); the replicas still get the spec as written.
+    """
+    threads = str(spec.resources.thread_count())
+    runtime_env = dict(spec.runtime_env)
+    if prepare_env is not None:
+        runtime_env = prepare_env(runtime_env)
+    env_vars = {name: threads for name in _THREAD_VARS}
+    env_vars.update(runtime_env.get("env_vars") or {})
+    runtime_env["env_vars"] = env_vars
+    actor_options: dict[str, Any] = {
+        "num_cpus": spec.resources.num_cpus,
+        "runtime_env": runtime_env,
+    }
+    if spec.resources.num_gpus:
+        actor_options["num_gpus"] = spec.resources.num_gpus
+    if spec.resources.memory:
+        actor_options["memory"] = spec.resources.memory
+    options: dict[str, Any] = {
+        "name": DEPLOYMENT_NAME,
+        "ray_actor_options": actor_options,
+        "max_ongoing_requests": spec.max_ongoing_requests or default_max_ongoing(spec),
+        "user_config": {
+            "batching": spec.batching.model_dump(),
+            "user_config": spec.user_config,
+        },
+        "health_check_period_s": spec.health_check.period_s,
+        "health_check_timeout_s": spec.health_check.timeout_s,
+        "graceful_shutdown_timeout_s": spec.graceful_shutdown_timeout_s,
+        "max_constructor_retry_count": _CONSTRUCTOR_RETRIES,
+    }
+    if spec.autoscaling is not None:
+        options["autoscaling_config"] = spec.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = 1 if spec.replicas is None else spec.replicas
+    # A stable version makes Serve restart replicas only when something other than
+    # batching or user_config changed; those two are applied live by reconfigure().
+    deployment = serve.deployment(ModelServer).options(
+        version=code_version(spec), _internal=True, **options
+    )
+    return deployment.bind(spec.model_dump(mode="json"))
+
+
+def code_version(spec: ServiceSpec) -> str:
+    from importlib.metadata import version
+
+    fixed = spec.model_dump(mode="json", exclude={"batching", "user_config"})
+    payload = json.dumps([version("servekit"), fixed], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def default_max_ongoing(spec: ServiceSpec) -> int:
+    """Enough concurrency per replica to fill two batches (and never below 32)."""
+    return max(32, 2 * spec.batching.max_batch_size)

@@ -1,0 +1,1 @@
+"""servekit's adapters: one package per host library (MLflow, LangChain, Prefect, OpenTelemetry)."""

@@ -1,0 +1,78 @@
+"""One embedded Ray cluster for the whole session, started by the CLI in its own
+SERVEKIT_HOME on free ports, so it never collides with anything else on the machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+SAMPLE_MODELS = str(TESTS / "sample_models")
+SERVEKIT = str(Path(sys.executable).with_name("servekit"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def servekit_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """SERVEKIT_HOME and HTTP port of the session's cluster, also set in os.environ."""
+    home = tmp_path_factory.mktemp("servekit-home")
+    env = {"SERVEKIT_HOME": str(home), "SERVEKIT_HTTP_PORT": str(_free_port())}
+    os.environ.update(env)
+    os.environ.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def cluster(servekit_env: dict[str, str]):
+    """The session's embedded cluster, started by `servekit up` in a process that exits
+    before any test runs: every test also shows that the cluster outlives its starter."""
+    started = subprocess.run(
+        [SERVEKIT, "up", "--num-cpus", "4", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, **servekit_env},
+    )
+    assert started.returncode == 0, started.stderr
+    yield servekit_env
+    import ray
+
+    ray.shutdown()
+    subprocess.run([SERVEKIT, "down"], timeout=120, env={**os.environ, **servekit_env})
+    shutil.rmtree(servekit_env["SERVEKIT_HOME"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def runtime(cluster):
+    from servekit.core import Runtime
+
+    return Runtime.connect(start=False)
+
+
+@pytest.fixture(scope="session")
+def sample_spec():
+    """Build a spec serving a model from tests/sample_models (shipped with py_modules)."""
+    from servekit.core import ServiceSpec
+
+    def build(name: str, source: str, **fields) -> ServiceSpec:
+        fields.setdefault("resources", {"num_cpus": 0.5})
+        return ServiceSpec(
+            name=name,
+            source=f"python:sample_models:{source}",
+            runtime_env={"py_modules": [SAMPLE_MODELS]},
+            **fields,
+        )
+
+    return build

@@ -1,0 +1,18 @@
+"""The public surface is what servekit.core exports; this test pins it."""
+
+import servekit.core
+
+
+def test_public_names_are_pinned():
+    assert sorted(servekit.core.__all__) == sorted(
+        [
+            "MODEL_ID_HEADER", "Autoscaling", "BadRequest", "Batching", "ClusterUnavailable",
+            "DeployError", "ModelServer", "Multiplexing", "NotFound", "Resources", "Runtime",
+            "Servable", "ServekitError", "ServiceSpec", "ServiceStatus", "ServingContext",
+            "SpecError", "Timeout",
+        ]
+    )
+    for name in servekit.core.__all__:
+        obj = getattr(servekit.core, name)
+        assert not isinstance(obj, str) or name == "MODEL_ID_HEADER"
+        assert obj.__doc__ or isinstance(obj, str), f"{name} has no docstring"
