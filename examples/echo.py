@@ -6,4 +6,6 @@ class Echo:
         self.greeting = greeting
 
     def predict(self, batch: list) -> list:
-        return [{"echo": item, "greeting": self.greeting, "batch_size": len(batch)} for item in batch]
+        return [
+            {"echo": item, "greeting": self.greeting, "batch_size": len(batch)} for item in batch
+        ]

@@ -37,6 +37,7 @@ class _Lane:
     )
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     running: bool = False
+    task: asyncio.Future[None] | None = None  # held so the drain task is not collected
 
 
 class Batcher:
@@ -73,7 +74,7 @@ class Batcher:
         lane.wakeup.set()
         if not lane.running:
             lane.running = True
-            asyncio.ensure_future(self._drain(model_id, lane))
+            lane.task = asyncio.ensure_future(self._drain(model_id, lane))
         return await future
 
     async def _drain(self, model_id: str, lane: _Lane) -> None:
@@ -118,7 +119,7 @@ class Batcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, future), result in zip(batch, results):
+        for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
 

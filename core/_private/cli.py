@@ -13,7 +13,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-
 from servekit.core._private.errors import ServekitError, SpecError
 
 _out = Console()

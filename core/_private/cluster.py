@@ -163,10 +163,14 @@ class LocalCluster:
                 "SERVEKIT_HTTP_PORT to a free port"
             )
         if ingress not in ("auto", "haproxy", "python"):
-            raise ClusterUnavailable(f"ingress {ingress!r} is unknown (allowed: auto, haproxy, python)")
+            raise ClusterUnavailable(
+                f"ingress {ingress!r} is unknown (allowed: auto, haproxy, python)"
+            )
         binary = haproxy_binary()
         if ingress == "haproxy" and binary is None:
-            raise ClusterUnavailable("ingress 'haproxy' asked for, but no HAProxy binary is installed")
+            raise ClusterUnavailable(
+                "ingress 'haproxy' asked for, but no HAProxy binary is installed"
+            )
         use_haproxy = binary is not None and ingress != "python"
         if not use_haproxy and ingress == "auto":
             say("no HAProxy binary found: using Ray Serve's Python proxy (slower)")
@@ -188,7 +192,8 @@ class LocalCluster:
         ray_bin = str(Path(sys.executable).with_name("ray"))
         cmd = [
             ray_bin if os.path.exists(ray_bin) else "ray",
-            "start", "--head",
+            "start",
+            "--head",
             f"--node-ip-address={http_host}",
             f"--port={gcs_port}",
             f"--num-cpus={cpus:g}",

@@ -18,7 +18,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-
 from servekit.core._private.errors import BadRequest
 from servekit.core._private.servable import Servable
 from servekit.core._private.server import ServingContext
@@ -44,7 +43,7 @@ class PythonServable(Servable):
     async def predict(self, model: Any, batch: list[Any]) -> list[Any]:
         fn = getattr(model, "predict", None) or model
         if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)
+            type(fn).__call__  # an object with an async __call__
         ):
             result = await fn(batch)
         else:
@@ -76,7 +75,9 @@ async def _json_body(request: Request) -> Any:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise BadRequest(
+            f"the request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
 
 
 def _accepts(fn: Any, name: str) -> bool:

@@ -285,8 +285,11 @@ class Runtime:
 
     def _status_of(self, name: str, app: Any) -> ServiceStatus:
         deployment = app.deployments.get(DEPLOYMENT_NAME)
-        replicas = {str(k): v for k, v in (deployment.replica_states or {}).items()} if deployment else {}
-        message = app.message or (deployment.message if deployment else "")
+        replicas = (
+            {str(k): v for k, v in (deployment.replica_states or {}).items()} if deployment else {}
+        )
+        # The deployment's message carries the replica's traceback; the app's is generic.
+        message = "\n".join(m for m in (deployment.message if deployment else "", app.message) if m)
         route = self._route_of(name, app)
         url = None
         if route is not None:
@@ -362,9 +365,9 @@ def _detect_ingress() -> str:
     from ray.util.state import list_actors
 
     try:
-        actors = list_actors(filters=[("class_name", "=", "HAProxyManager"), ("state", "=", "ALIVE")])
+        actors = list_actors(
+            filters=[("class_name", "=", "HAProxyManager"), ("state", "=", "ALIVE")]
+        )
         return "haproxy" if actors else "python"
     except Exception:
         return "unknown"
-
-

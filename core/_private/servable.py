@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
-
     from servekit.core._private.server import ServingContext
 
 T = TypeVar("T")

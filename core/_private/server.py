@@ -17,13 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
 from servekit.core._private.batching import Batcher
 from servekit.core._private.errors import BadRequest
 from servekit.core._private.servable import Servable
 from servekit.core._private.sources import servable_class
 from servekit.core._private.spec import ServiceSpec
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("servekit.server")
 
@@ -216,7 +215,9 @@ def _install_error_handlers(app: FastAPI, servable: Servable) -> None:
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         request_id = uuid.uuid4().hex[:12]
         logger.exception("request %s failed", request_id)
-        return reply(500, "internal_error", f"the model failed on this input (request {request_id})")
+        return reply(
+            500, "internal_error", f"the model failed on this input (request {request_id})"
+        )
 
 
 def _replica_id() -> str:

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-
 from servekit.core._private.batching import Batcher
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from servekit.core import DeployError, NotFound
 
 
@@ -24,8 +23,9 @@ def test_factory_error_fails_deploy_with_its_message_and_leaves_nothing(runtime,
 def test_missing_module_fails_deploy_naming_the_module(runtime):
     from servekit.core import ServiceSpec
 
-    spec = ServiceSpec(name="no-module", source="python:does_not_exist.models:M",
-                       resources={"num_cpus": 0.25})
+    spec = ServiceSpec(
+        name="no-module", source="python:does_not_exist.models:M", resources={"num_cpus": 0.25}
+    )
     with pytest.raises(DeployError, match="does_not_exist"):
         runtime.deploy(spec, timeout_s=240)
     with pytest.raises(NotFound):
@@ -37,7 +37,7 @@ def test_failed_update_restores_the_running_version(runtime, sample_spec):
     runtime.deploy(good, timeout_s=180)
     try:
         bad = good.model_copy(update={"source": "python:sample_models:Broken", "options": {}})
-        with pytest.raises(DeployError, match="missing.bin"):
+        with pytest.raises(DeployError, match=r"missing\.bin"):
             runtime.update(bad, timeout_s=240)
         assert runtime.status("keeps-serving").status == "RUNNING"
         assert runtime.predict("keeps-serving", 1)["greeting"] == "v1"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from servekit.core import MODEL_ID_HEADER
 
 NAME = "versions"

@@ -6,10 +6,24 @@ import servekit.core
 def test_public_names_are_pinned():
     assert sorted(servekit.core.__all__) == sorted(
         [
-            "MODEL_ID_HEADER", "Autoscaling", "BadRequest", "Batching", "ClusterUnavailable",
-            "DeployError", "ModelServer", "Multiplexing", "NotFound", "Resources", "Runtime",
-            "Servable", "ServekitError", "ServiceSpec", "ServiceStatus", "ServingContext",
-            "SpecError", "Timeout",
+            "MODEL_ID_HEADER",
+            "Autoscaling",
+            "BadRequest",
+            "Batching",
+            "ClusterUnavailable",
+            "DeployError",
+            "ModelServer",
+            "Multiplexing",
+            "NotFound",
+            "Resources",
+            "Runtime",
+            "Servable",
+            "ServekitError",
+            "ServiceSpec",
+            "ServiceStatus",
+            "ServingContext",
+            "SpecError",
+            "Timeout",
         ]
     )
     for name in servekit.core.__all__:

@@ -110,7 +110,9 @@ def test_list_and_status_show_the_service(runtime, echo):
 
 def test_batching_change_applies_live_without_restart(runtime, echo):
     before = runtime.predict(NAME, "before")
-    changed = echo.model_copy(update={"batching": echo.batching.model_copy(update={"max_batch_size": 2})})
+    changed = echo.model_copy(
+        update={"batching": echo.batching.model_copy(update={"max_batch_size": 2})}
+    )
     runtime.update(changed, timeout_s=120)
     after = runtime.predict(NAME, "after")
     assert after["pid"] == before["pid"]  # same replica process: not restarted
@@ -118,7 +120,9 @@ def test_batching_change_applies_live_without_restart(runtime, echo):
 
     url = runtime.url(NAME)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        sizes = list(pool.map(lambda i: httpx.post(url, json=i, timeout=60).json()["batch_size"], range(24)))
+        sizes = list(
+            pool.map(lambda i: httpx.post(url, json=i, timeout=60).json()["batch_size"], range(24))
+        )
     assert max(sizes) <= 2
     runtime.update(echo, timeout_s=120)
 

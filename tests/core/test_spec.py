@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from servekit.core import ServiceSpec, SpecError
 
 
@@ -57,20 +56,32 @@ services:
 @pytest.mark.parametrize(
     ("text", "field", "fragment"),
     [
-        ("name: a\nsource: python:m:A\nbatching: {max_batch: 4}\n", "batching.max_batch",
-         "allowed: max_batch_size, max_wait_ms"),
+        (
+            "name: a\nsource: python:m:A\nbatching: {max_batch: 4}\n",
+            "batching.max_batch",
+            "allowed: max_batch_size, max_wait_ms",
+        ),
         ("name: a\nsource: pythn:m:A\n", "source", "allowed: langchain, llm, mlflow, python"),
         ("name: Bad_Name\nsource: python:m:A\n", "name", "lowercase"),
         ("name: a\nsource: python:m:A\nresources: {memory: lots}\n", "resources.memory", "2Gi"),
-        ("name: a\nsource: python:m:A\nreplicas: 2\nautoscaling: {max_replicas: 3}\n",
-         "replicas", "not both"),
-        ("name: a\nsource: python:m:A\nautoscaling: {min_replicas: 4, max_replicas: 2}\n",
-         "autoscaling", "larger than max_replicas"),
+        (
+            "name: a\nsource: python:m:A\nreplicas: 2\nautoscaling: {max_replicas: 3}\n",
+            "replicas",
+            "not both",
+        ),
+        (
+            "name: a\nsource: python:m:A\nautoscaling: {min_replicas: 4, max_replicas: 2}\n",
+            "autoscaling",
+            "larger than max_replicas",
+        ),
         ("name: a\nsource: python:m:A\nroute_prefix: api/\n", "route_prefix", "start with '/'"),
         ("name: a\n", "source", "required"),
         ("name: a\nsource: python:m:A\nreplica: 2\n", "replica", "allowed: autoscaling"),
-        ("name: a\nsource: python:m:A\nresources: {num_gpus: 1.5}\n", "resources.num_gpus",
-         "whole number"),
+        (
+            "name: a\nsource: python:m:A\nresources: {num_gpus: 1.5}\n",
+            "resources.num_gpus",
+            "whole number",
+        ),
     ],
 )
 def test_bad_spec_names_the_field(tmp_path, text, field, fragment):

@@ -1,0 +1,51 @@
+# Every target installs what it needs into .venv first, so each works on a fresh
+# Debian machine with only Python 3.10+ (and, as root, installs apt packages too).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.servekit-installed
+EXTRAS ?= dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] && echo "" || echo "sudo")
+
+.PHONY: install demo test lint format bench docs clean-cluster
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	# strict editable mode: a link tree that mypy and other tools can follow
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]" --config-settings editable_mode=strict
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	bash examples/demo.sh
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# wrk is the load generator for every benchmark: installed with apt when root,
+# otherwise the benchmark says what to install and falls back to a Python client.
+bench: install
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; \
+	  else echo "wrk is not installed: run 'sudo apt-get install wrk' for comparable numbers"; fi; }
+	$(BIN)/python bench/ingress.py
+
+docs: install
+	$(BIN)/mkdocs build --strict
+
+# Stop the embedded cluster of $SERVEKIT_HOME (default ~/.servekit).
+clean-cluster: install
+	$(BIN)/servekit down
