@@ -13,7 +13,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# Folders as prerequisites: adding a module re-links the strict editable install.
+$(STAMP): pyproject.toml $(shell find core plugins -type d -not -name __pycache__) | $(BIN)/python
 	# strict editable mode: a link tree that mypy and other tools can follow
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]" --config-settings editable_mode=strict
 	touch $(STAMP)

@@ -24,6 +24,7 @@ from servekit.core._private.server import MODEL_ID_HEADER, ModelServer, ServingC
 from servekit.core._private.spec import (
     Autoscaling,
     Batching,
+    HealthCheck,
     Multiplexing,
     Resources,
     ServiceSpec,
@@ -36,6 +37,7 @@ __all__ = [
     "Batching",
     "ClusterUnavailable",
     "DeployError",
+    "HealthCheck",
     "ModelServer",
     "Multiplexing",
     "NotFound",

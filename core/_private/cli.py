@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.table import Table
 from servekit.core._private.errors import ServekitError, SpecError
 
-_out = Console()
-_err = Console(stderr=True)
+# soft_wrap: an error stays one line however narrow the terminal (or pipe) is.
+_out = Console(soft_wrap=True)
+_err = Console(stderr=True, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,23 +46,31 @@ def _parser() -> argparse.ArgumentParser:
         prog="servekit",
         description="Serve models on Ray Serve: an embedded local cluster by default.",
     )
-    parser.add_argument(
-        "--address",
-        default=None,
-        help="Ray cluster to use (host:port, auto, ray://...); default: RAY_ADDRESS, "
-        "else the embedded local cluster under SERVEKIT_HOME",
+    address_help = (
+        "Ray cluster to use (host:port, auto, ray://...); default: RAY_ADDRESS, "
+        "else the embedded local cluster under SERVEKIT_HOME"
     )
+    parser.add_argument("--address", default=None, help=address_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, run: Callable[[argparse.Namespace], int], help: str) -> Any:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        # Accepted after the command too; SUPPRESS keeps a value given before it.
+        p.add_argument("--address", default=argparse.SUPPRESS, help=address_help)
         p.set_defaults(run=run)
         return p
 
     up = command("up", _up, "start the embedded local cluster (no-op if running)")
     up.add_argument("--http-port", type=int, default=None, help="HTTP port (default 8000)")
     up.add_argument("--num-cpus", type=float, default=None, help="logical CPUs for Ray")
+    up.add_argument(
+        "--ingress",
+        choices=["auto", "haproxy", "python"],
+        default="auto",
+        help="HTTP ingress: HAProxy (fast; bundled with ray[serve] on Linux), Ray Serve's "
+        "Python proxy, or auto (HAProxy when available)",
+    )
     command("down", _down, "stop the embedded local cluster and every service on it")
     st = command("status", _status, "show the cluster, its ingress and the services")
     st.add_argument("name", nargs="?", help="one service")
@@ -76,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("name")
     pr.add_argument("--data", required=True, help="the input as JSON, or @FILE to read it")
     pr.add_argument("--model-id", default=None, help="model id for a multiplexed service")
-    pr.add_argument("--timeout", type=float, default=60.0)
+    pr.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     return parser
 
 
@@ -84,12 +93,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from servekit.core._private.cluster import LocalCluster
     from servekit.core._private.runtime import Runtime
 
-    with _progress(args, "starting") as say:
-        runtime = Runtime.connect(
-            args.address, http_port=args.http_port, num_cpus=args.num_cpus, progress=say
-        )
+    if not args.address and not os.environ.get("RAY_ADDRESS"):
+        running = LocalCluster().info()
+        if running is not None and (args.http_port or args.num_cpus or args.ingress != "auto"):
+            _err.print(
+                "a cluster is already running here; --http-port, --num-cpus and --ingress "
+                "apply when it starts (run `servekit down` first to change them)"
+            )
+        with _progress(args, "starting") as say:
+            LocalCluster().start(
+                http_port=args.http_port,
+                num_cpus=args.num_cpus,
+                ingress=args.ingress,
+                progress=say,
+            )
+    with _progress(args, "connecting") as say:
+        runtime = Runtime.connect(args.address, start=False, progress=say)
     info = runtime.describe()
     if args.json:
         _print_json(info)
@@ -103,7 +125,10 @@ def _down(args: argparse.Namespace) -> int:
     from servekit.core._private.cluster import LocalCluster
 
     if args.address or os.environ.get("RAY_ADDRESS"):
-        raise SpecError("--address", "`down` stops only the embedded local cluster")
+        raise ServekitError(
+            "`servekit down` stops only the embedded local cluster; unset RAY_ADDRESS and "
+            "--address, or stop an external cluster with its own tools"
+        )
     with _progress(args, "stopping the local cluster"):
         stopped = LocalCluster().stop()
     if args.json:
@@ -150,6 +175,7 @@ def _deploy(args: argparse.Namespace) -> int:
         results.append(status)
         if not args.json:
             _out.print(f"[green]{spec.name}[/green] {status.status.lower()} at {status.url}")
+        # With several specs, a failure stops here; the ones before it stay deployed.
     if args.json:
         _print_json([s.to_dict() for s in results])
     return 0

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from servekit.core._private.cluster import ClusterInfo, LocalCluster
-from servekit.core._private.errors import ClusterUnavailable, DeployError, NotFound, Timeout
+from servekit.core._private.errors import (
+    ClusterUnavailable,
+    DeployError,
+    NotFound,
+    ServekitError,
+    Timeout,
+)
 from servekit.core._private.server import DEPLOYMENT_NAME, build_application
 from servekit.core._private.spec import ServiceSpec
 
@@ -62,6 +68,9 @@ class Runtime:
         self.ingress = ingress
         self.local = local
         self._routes: dict[tuple[str, float], str | None] = {}
+        # One handle per service: a handle's router learns which replica holds which
+        # multiplexed model, and a fresh handle would not know yet.
+        self._handles: dict[str, Any] = {}
 
     # -- connecting ------------------------------------------------------------------
     @classmethod
@@ -144,23 +153,45 @@ class Runtime:
         replica's own error, and leaves nothing half-deployed: a new service is deleted,
         an updated one is put back to its previous spec.
         """
-        previous = self._current_spec(spec.name)
+        existed = spec.name in self._apps()
+        previous = self._current_spec(spec.name) if existed else None
         say = progress or (lambda message: logger.info(message))
-        say(f"{'updating' if previous else 'deploying'} {spec.name!r} ({spec.source})")
+        say(f"{'updating' if existed else 'deploying'} {spec.name!r} ({spec.source})")
         self._submit(spec)
         if not wait:
-            return self.status(spec.name)
+            status = self.status(spec.name)
+            status.route_prefix = status.route_prefix or spec.route
+            status.url = status.url or self._url_for(spec.route)
+            return status
         try:
             return self._wait_running(spec.name, timeout_s, say)
-        except (DeployError, Timeout):
-            if previous is None:
-                say(f"removing the failed service {spec.name!r}")
-                self.delete(spec.name)
-            else:
-                say(f"restoring the previous spec of {spec.name!r}")
-                self._submit(previous)
-                self._wait_running(spec.name, timeout_s, say)
+        except (DeployError, Timeout) as failure:
+            self._undo(spec.name, existed, previous, timeout_s, say, failure)
             raise
+
+    def _undo(
+        self,
+        name: str,
+        existed: bool,
+        previous: ServiceSpec | None,
+        timeout_s: float,
+        say: Progress,
+        failure: Exception,
+    ) -> None:
+        """Leave nothing half-deployed: remove a new service, restore an updated one."""
+        try:
+            if not existed:
+                say(f"removing the failed service {name!r}")
+                self.delete(name)
+            elif previous is not None:
+                say(f"restoring the previous spec of {name!r}")
+                self._submit(previous)
+                self._wait_running(name, timeout_s, say)
+            else:
+                say(f"{name!r} was not running before this deploy; leaving it for inspection")
+        except Exception as exc:  # the deploy's own failure is what the caller must see
+            logger.error("could not undo the failed deploy of %r: %s", name, exc)
+            failure.add_note(f"undoing the failed deploy also failed: {exc}")
 
     def update(
         self,
@@ -173,7 +204,7 @@ class Runtime:
         """Change a running service in place. Replicas roll one by one, so it keeps
         serving; a change of ``batching`` or ``user_config`` alone restarts nothing.
         Raises :class:`NotFound` if the service does not exist."""
-        if self._current_spec(spec.name) is None:
+        if spec.name not in self._apps():
             raise NotFound(f"no service named {spec.name!r}; deploy it first")
         return self.deploy(spec, wait=wait, timeout_s=timeout_s, progress=progress)
 
@@ -183,6 +214,7 @@ class Runtime:
 
         if name not in self._apps():
             raise NotFound(f"no service named {name!r}")
+        self._handles.pop(name, None)
         serve.delete(name, _blocking=wait)
 
     def list(self) -> list[ServiceStatus]:
@@ -207,14 +239,20 @@ class Runtime:
         """A Ray Serve DeploymentHandle to the service's ModelServer."""
         from ray import serve
 
-        if name not in self._apps():
-            raise NotFound(f"no service named {name!r}")
-        return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=name)
+        if name not in self._handles:
+            if name not in self._apps():
+                raise NotFound(f"no service named {name!r}")
+            self._handles[name] = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=name)
+        return self._handles[name]
 
     def url(self, name: str) -> str:
         """The service's HTTP address, e.g. ``http://127.0.0.1:8000/echo``."""
         status = self.status(name)
-        return f"{self.http_url}{'' if status.route_prefix == '/' else status.route_prefix}"
+        route = status.route_prefix or self.spec(name).route
+        return self._url_for(route)
+
+    def _url_for(self, route: str) -> str:
+        return f"{self.http_url}{'' if route == '/' else route}"
 
     def predict(
         self, name: str, data: Any, *, model_id: str | None = None, timeout_s: float = 60.0
@@ -227,6 +265,14 @@ class Runtime:
             return handle.predict.remote(data).result(timeout_s=timeout_s)
         except TimeoutError:
             raise Timeout(f"{name!r} did not answer within {timeout_s:g}s") from None
+        except ServekitError:
+            raise
+        except Exception as exc:  # the replica's error, as Ray delivers it
+            if name not in self._apps():  # deleted meanwhile, maybe by another process
+                self._handles.pop(name, None)
+                raise NotFound(f"no service named {name!r}") from None
+            cause, _ = _root_cause(str(exc))
+            raise ServekitError(f"{name!r} failed on this input: {cause}") from None
 
     def describe(self) -> dict[str, Any]:
         """The cluster: address, HTTP URL, ingress (haproxy or python), embedded or not."""
@@ -249,7 +295,11 @@ class Runtime:
             name=spec.name,
             route_prefix=spec.route,
         )
-        serve.run_many([target], wait_for_applications_running=False)
+        try:
+            serve.run_many([target], wait_for_applications_running=False)
+        except Exception as exc:  # Serve refused the app (route clash, bad runtime_env, ...)
+            cause, details = _root_cause(str(exc))
+            raise DeployError(spec.name, cause, details) from None
 
     def _wait_running(self, name: str, timeout_s: float, say: Progress) -> ServiceStatus:
         deadline = time.monotonic() + timeout_s
@@ -291,9 +341,7 @@ class Runtime:
         # The deployment's message carries the replica's traceback; the app's is generic.
         message = "\n".join(m for m in (deployment.message if deployment else "", app.message) if m)
         route = self._route_of(name, app)
-        url = None
-        if route is not None:
-            url = f"{self.http_url}{'' if route == '/' else route}"
+        url = self._url_for(route) if route is not None else None
         return ServiceStatus(
             name=name,
             status=str(getattr(app.status, "value", app.status)),
@@ -344,7 +392,7 @@ def _use_auth_env(env: dict[str, str]) -> None:
         return
     os.environ.update(env)
     # Ray caches the auth mode and token at import; reload them from the environment.
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()

@@ -31,7 +31,8 @@ class Servable(abc.ABC):
                 router = APIRouter()
                 @router.post("/echo")
                 async def echo(request: Request):
-                    return await server.infer(await request.json())
+                    body = await request.json()
+                    return await server.infer(body, server.model_id(request))
                 return router
     """
 
@@ -51,7 +52,8 @@ class Servable(abc.ABC):
     def load(self, model_id: str) -> Any:
         """Load one model (or version); ``model_id`` is ``""`` when multiplexing is off.
 
-        Runs in a worker thread inside the replica; raise to fail the load.
+        Runs inside the replica: at start-up without multiplexing (an exception fails
+        the deploy), else in a worker thread on a model's first request.
         """
 
     @abc.abstractmethod

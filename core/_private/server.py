@@ -148,15 +148,13 @@ class ModelServer:
 
     # -- Ray Serve hooks -------------------------------------------------------------
     def reconfigure(self, config: dict[str, Any]) -> None:
-        batching = config.get("batching") or {}
-        user_config = config.get("user_config") or {}
-        if batching:
-            self._batcher.configure(batching["max_batch_size"], batching["max_wait_ms"])
-            logger.info("batching now %s", batching)
-        self.spec = self.spec.model_copy(
-            update={"batching": type(self.spec.batching)(**batching), "user_config": user_config}
-        )
-        self._servable.reconfigure(user_config)
+        """Take the spec's live parts: batching limits and the Servable's user_config."""
+        spec = ServiceSpec(**config["spec"])
+        if spec.batching != self.spec.batching:
+            logger.info("batching now %s", spec.batching)
+        self._batcher.configure(spec.batching.max_batch_size, spec.batching.max_wait_ms)
+        self.spec = spec
+        self._servable.reconfigure(dict(spec.user_config))
 
     def check_health(self) -> None:
         self._servable.check_health()
@@ -255,10 +253,9 @@ def build_application(
         "name": DEPLOYMENT_NAME,
         "ray_actor_options": actor_options,
         "max_ongoing_requests": spec.max_ongoing_requests or default_max_ongoing(spec),
-        "user_config": {
-            "batching": spec.batching.model_dump(),
-            "user_config": spec.user_config,
-        },
+        # The whole spec rides in user_config, so the replicas always know the spec they
+        # run, and the parts reconfigure() applies change without a restart.
+        "user_config": {"spec": spec.model_dump(mode="json")},
         "health_check_period_s": spec.health_check.period_s,
         "health_check_timeout_s": spec.health_check.timeout_s,
         "graceful_shutdown_timeout_s": spec.graceful_shutdown_timeout_s,
@@ -268,18 +265,31 @@ def build_application(
         options["autoscaling_config"] = spec.autoscaling.model_dump()
     else:
         options["num_replicas"] = 1 if spec.replicas is None else spec.replicas
-    # A stable version makes Serve restart replicas only when something other than
-    # batching or user_config changed; those two are applied live by reconfigure().
+    # A stable version makes Serve restart replicas only when a field outside
+    # _LIVE_FIELDS changed (the model source, its options, resources, runtime_env).
     deployment = serve.deployment(ModelServer).options(
         version=code_version(spec), _internal=True, **options
     )
     return deployment.bind(spec.model_dump(mode="json"))
 
 
+# Spec fields Serve or reconfigure() apply to running replicas; the rest restart them.
+_LIVE_FIELDS = {
+    "batching",
+    "user_config",
+    "replicas",
+    "autoscaling",
+    "max_ongoing_requests",
+    "health_check",
+    "graceful_shutdown_timeout_s",
+    "route_prefix",
+}
+
+
 def code_version(spec: ServiceSpec) -> str:
     from importlib.metadata import version
 
-    fixed = spec.model_dump(mode="json", exclude={"batching", "user_config"})
+    fixed = spec.model_dump(mode="json", exclude=_LIVE_FIELDS)
     payload = json.dumps([version("servekit"), fixed], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -71,7 +71,8 @@ class Autoscaling(_Section):
 
 
 class Resources(_Section):
-    """What one replica reserves. ``threads`` caps the model's math threads (default: num_cpus)."""
+    """What one replica reserves. ``threads`` caps the model's math threads
+    (default: ``num_cpus`` rounded up, at least 1)."""
 
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0)
@@ -100,6 +101,8 @@ class Resources(_Section):
 
 
 class HealthCheck(_Section):
+    """How often Serve asks a replica whether it is healthy, and how long it waits."""
+
     period_s: float = Field(default=10.0, gt=0)
     timeout_s: float = Field(default=30.0, gt=0)
 
@@ -122,7 +125,7 @@ class ServiceSpec(BaseModel):
     source: str
     route_prefix: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    replicas: int | None = Field(default=None, ge=0)
+    replicas: int | None = Field(default=None, ge=1)
     autoscaling: Autoscaling | None = None
     max_ongoing_requests: int | None = Field(default=None, ge=1)
     batching: Batching = Field(default_factory=Batching)

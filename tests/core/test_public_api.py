@@ -12,6 +12,7 @@ def test_public_names_are_pinned():
             "Batching",
             "ClusterUnavailable",
             "DeployError",
+            "HealthCheck",
             "ModelServer",
             "Multiplexing",
             "NotFound",

@@ -1,0 +1,6 @@
+"""The same echo as a servekit python: model."""
+
+
+class Echo:
+    async def predict(self, batch: list) -> list:
+        return batch
