@@ -5,12 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.servekit-installed
 EXTRAS ?= dev
-SUDO := $(shell [ "$$(id -u)" = 0 ] && echo "" || echo "sudo")
 
 .PHONY: install demo test lint format bench docs clean-cluster
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv; \
+	  else echo "python3 -m venv failed: run 'sudo apt-get install python3-venv'"; exit 1; fi; \
+	  $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Folders as prerequisites: adding a module re-links the strict editable install.
@@ -22,6 +25,9 @@ $(STAMP): pyproject.toml $(shell find core plugins -type d -not -name __pycache_
 install: $(STAMP)
 
 demo: install
+	@command -v curl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq curl; \
+	  else echo "curl is not installed: run 'sudo apt-get install curl'"; exit 1; fi; }
 	bash examples/demo.sh
 
 test: install

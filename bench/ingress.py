@@ -74,7 +74,7 @@ def bench_ray_default(seconds: float, work: Path) -> dict:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def bench_servekit(seconds: float, work: Path) -> dict:
+def bench_servekit(seconds: float, work: Path) -> tuple[dict, dict]:
     port = _load.free_port()
     env = {**os.environ, "SERVEKIT_HOME": str(work / "home"), "SERVEKIT_HTTP_PORT": str(port)}
     env.pop("RAY_ADDRESS", None)
@@ -82,10 +82,14 @@ def bench_servekit(seconds: float, work: Path) -> dict:
     spec.write_text(
         f"name: echo\nsource: python:echo_model:Echo\nruntime_env: {{working_dir: {APPS}}}\n"
     )
+    bare = [sys.executable, str(APPS / "ray_serve_haproxy.py")]
     try:
         subprocess.run([SERVEKIT, "up", "--num-cpus", "2"], env=env, check=True, timeout=300)
+        subprocess.run(bare, env=env, check=True, timeout=300)
+        haproxy = measure("Ray Serve + HAProxy", f"http://127.0.0.1:{port}/bare", seconds)
+        subprocess.run([*bare, "delete"], env=env, check=True, timeout=300)
         subprocess.run([SERVEKIT, "deploy", str(spec)], env=env, check=True, timeout=300)
-        return measure("servekit", f"http://127.0.0.1:{port}/echo", seconds)
+        return haproxy, measure("servekit", f"http://127.0.0.1:{port}/echo", seconds)
     finally:
         subprocess.run([SERVEKIT, "down"], env=env, timeout=120)
 
@@ -94,6 +98,7 @@ def report(results: dict, seconds: float) -> str:
     rows = [
         ("FastAPI + uvicorn", "fastapi"),
         ("Ray Serve 2.60, defaults", "ray_serve_default"),
+        ("Ray Serve 2.60 + HAProxy ingress", "ray_serve_haproxy"),
         ("servekit", "servekit"),
     ]
     lines = [
@@ -123,9 +128,12 @@ def report(results: dict, seconds: float) -> str:
         f"{sk['c1']['rps'] / rs['c1']['rps']:.1f}x Ray Serve's.",
         "",
         "Why: bare Ray Serve's default ingress is a Python proxy actor that forwards each "
-        "request to the replica over Ray RPC; servekit starts Serve with its HAProxy ingress, "
-        "which sends HTTP straight to the replica's own server. FastAPI is the floor: one "
-        "process, no routing, no replica.",
+        "request to the replica over Ray RPC. With Serve's HAProxy ingress (third row, same "
+        "cluster as servekit) HTTP goes straight to the replica's own server. servekit adds "
+        "two replica settings on top: no per-request access log (`access_log: true` in a "
+        "spec turns it back on) and user code on the replica's HTTP event loop instead of a "
+        "separate thread, which is safe because ModelServer runs blocking model code in a "
+        "worker thread. FastAPI on uvicorn is the floor: one process, no routing, no replica.",
     ]
     return "\n".join(lines)
 
@@ -138,8 +146,8 @@ def main() -> None:
     results = {
         "fastapi": bench_fastapi(args.seconds),
         "ray_serve_default": bench_ray_default(args.seconds, work),
-        "servekit": bench_servekit(args.seconds, work),
     }
+    results["ray_serve_haproxy"], results["servekit"] = bench_servekit(args.seconds, work)
     data = {
         "machine": _load.machine(),
         "tool": _load.tool(),

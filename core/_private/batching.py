@@ -66,6 +66,11 @@ class Batcher:
         if arrival is not None and arrival.counted:
             arrival.counted = False
             self._arriving -= 1
+        if self.max_batch_size == 1 and model_id not in self._lanes:
+            # Batching off: no queue, no task; async models also run concurrently.
+            self.batch_sizes[1] += 1
+            (result,) = await self._run_batch(model_id, [item])
+            return result
         lane = self._lanes.get(model_id)
         if lane is None:
             lane = self._lanes[model_id] = _Lane()

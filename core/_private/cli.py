@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from servekit.core._private.errors import ServekitError, SpecError
 
@@ -62,7 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     up = command("up", _up, "start the embedded local cluster (no-op if running)")
-    up.add_argument("--http-port", type=int, default=None, help="HTTP port (default 8000)")
+    up.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="HTTP port (default: SERVEKIT_HTTP_PORT, else 8000)",
+    )
     up.add_argument("--num-cpus", type=float, default=None, help="logical CPUs for Ray")
     up.add_argument(
         "--ingress",
@@ -98,7 +104,8 @@ def _up(args: argparse.Namespace) -> int:
 
     if not args.address and not os.environ.get("RAY_ADDRESS"):
         running = LocalCluster().info()
-        if running is not None and (args.http_port or args.num_cpus or args.ingress != "auto"):
+        asked = args.http_port is not None or args.num_cpus is not None or args.ingress != "auto"
+        if running is not None and asked:
             _err.print(
                 "a cluster is already running here; --http-port, --num-cpus and --ingress "
                 "apply when it starts (run `servekit down` first to change them)"
@@ -233,13 +240,17 @@ def _connect(args: argparse.Namespace, start: bool = True) -> Any:
 def _progress(args: argparse.Namespace, title: str) -> Iterator[Callable[[str], None]]:
     """A spinner with the current phase on stderr; phases also print as lines."""
     if args.json or not _err.is_terminal:
-        yield lambda message: _err.print(f"[dim]{message}[/dim]") if not args.json else None
+        yield (
+            lambda message: (
+                _err.print(message, style="dim", markup=False) if not args.json else None
+            )
+        )
         return
     with _err.status(title) as status:
 
         def say(message: str) -> None:
-            status.update(message)
-            _err.print(f"[dim]{message}[/dim]")
+            status.update(escape(message))
+            _err.print(message, style="dim", markup=False)
 
         yield say
 
@@ -265,10 +276,13 @@ def _fail(exc: ServekitError, args: argparse.Namespace) -> None:
 
     if getattr(args, "json", False):
         body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        if getattr(exc, "__notes__", None):
+            body["notes"] = list(exc.__notes__)
         if isinstance(exc, DeployError):
             body["details"] = exc.details
         sys.stdout.write(json.dumps(body) + "\n")
-    _err.print(f"[red]error:[/red] {exc}", highlight=False)
+    notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", []))
+    _err.print(f"[red]error:[/red] {escape(str(exc))}{escape(notes)}", highlight=False)
 
 
 if __name__ == "__main__":

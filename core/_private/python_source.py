@@ -4,7 +4,9 @@
 argument, plus the spec's ``options`` as keyword arguments) and returns the
 model. The model's ``predict`` method, or the model itself if it has none, is
 called with a list of inputs, one per request, and returns one output each;
-it may be sync (run in a worker thread) or async.
+it may be sync (run in a worker thread) or async. A model may define
+``check_health()``, which Serve calls every health-check period: raising there
+makes Serve replace the replica.
 
 Wire protocol: ``POST <prefix>/`` or ``POST <prefix>/predict`` with any JSON
 body; the reply is the model's output as JSON. ``GET <prefix>/healthz``.
@@ -12,8 +14,10 @@ body; the reply is the model's output as JSON. ``GET <prefix>/healthz``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import weakref
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -27,6 +31,11 @@ from servekit.core._private.sources import import_object
 class PythonServable(Servable):
     """Serves the object a user's factory returns."""
 
+    def __init__(self, target: str, options: dict[str, Any]) -> None:
+        super().__init__(target, options)
+        # Loaded models, for health checks; evicted ones drop out by themselves.
+        self._loaded: weakref.WeakSet[Any] = weakref.WeakSet()
+
     def load(self, model_id: str) -> Any:
         factory = import_object(self.target)
         kwargs = dict(self.options)
@@ -38,7 +47,16 @@ class PythonServable(Servable):
                 f"{self.target} returned {type(model).__name__}, which has no predict() "
                 "and is not callable"
             )
+        with contextlib.suppress(TypeError):  # objects that cannot be weakly referenced
+            self._loaded.add(model)
         return model
+
+    def check_health(self) -> None:
+        """Ask every loaded model that defines ``check_health()``; it raises if unwell."""
+        for model in list(self._loaded):
+            check = getattr(model, "check_health", None)
+            if callable(check):
+                check()
 
     async def predict(self, model: Any, batch: list[Any]) -> list[Any]:
         fn = getattr(model, "predict", None) or model

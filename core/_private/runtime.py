@@ -202,7 +202,8 @@ class Runtime:
         progress: Progress | None = None,
     ) -> ServiceStatus:
         """Change a running service in place. Replicas roll one by one, so it keeps
-        serving; a change of ``batching`` or ``user_config`` alone restarts nothing.
+        serving; changes to batching, user_config, replicas, autoscaling and the other
+        live fields (see ``server._LIVE_FIELDS``) restart nothing.
         Raises :class:`NotFound` if the service does not exist."""
         if spec.name not in self._apps():
             raise NotFound(f"no service named {spec.name!r}; deploy it first")
@@ -248,8 +249,12 @@ class Runtime:
     def url(self, name: str) -> str:
         """The service's HTTP address, e.g. ``http://127.0.0.1:8000/echo``."""
         status = self.status(name)
-        route = status.route_prefix or self.spec(name).route
-        return self._url_for(route)
+        if status.route_prefix is None:
+            spec = self._current_spec(name)
+            if spec is None:
+                raise NotFound(f"{name!r} has no running replica yet, so its route is unknown")
+            return self._url_for(spec.route)
+        return self._url_for(status.route_prefix)
 
     def _url_for(self, route: str) -> str:
         return f"{self.http_url}{'' if route == '/' else route}"
@@ -261,13 +266,18 @@ class Runtime:
         handle = self.handle(name)
         if model_id:
             handle = handle.options(multiplexed_model_id=model_id)
+        from ray.exceptions import RayTaskError
+
         try:
             return handle.predict.remote(data).result(timeout_s=timeout_s)
+        except RayTaskError as exc:  # raised in the replica: a bad input or the model's error
+            if isinstance(exc.cause, ServekitError):
+                raise exc.cause from None
+            cause, _ = _root_cause(str(exc))
+            raise ServekitError(f"{name!r} failed on this input: {cause}") from None
         except TimeoutError:
             raise Timeout(f"{name!r} did not answer within {timeout_s:g}s") from None
-        except ServekitError:
-            raise
-        except Exception as exc:  # the replica's error, as Ray delivers it
+        except Exception as exc:  # the replica or its handle went away
             if name not in self._apps():  # deleted meanwhile, maybe by another process
                 self._handles.pop(name, None)
                 raise NotFound(f"no service named {name!r}") from None
@@ -364,6 +374,9 @@ class Runtime:
         apps = self._apps()
         if name not in apps or str(getattr(apps[name].status, "value", "")) == "DELETING":
             return None
+        deployment = apps[name].deployments.get(DEPLOYMENT_NAME)
+        if not deployment or not (deployment.replica_states or {}).get("RUNNING"):
+            return None  # no replica to ask (still starting, failed, or scaled to zero)
         from ray import serve
 
         try:

@@ -135,6 +135,9 @@ class ServiceSpec(BaseModel):
     user_config: dict[str, Any] = Field(default_factory=dict)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     graceful_shutdown_timeout_s: float = Field(default=20.0, ge=0)
+    access_log: bool = Field(
+        default=False, description="log every request in the replica (costs throughput)"
+    )
     kind: Literal["service"] = "service"
 
     def __init__(self, **data: Any) -> None:

@@ -93,6 +93,19 @@ def test_wrong_number_of_outputs_is_an_error():
         asyncio.run(main())
 
 
+def test_batching_off_runs_each_request_alone_and_concurrently():
+    async def main():
+        batcher, seen = make(max_batch_size=1, max_wait_ms=50, work_s=0.05)
+        started = time.perf_counter()
+        results = await asyncio.gather(*(request(batcher, "m", i) for i in range(10)))
+        return results, seen, time.perf_counter() - started
+
+    results, seen, elapsed = asyncio.run(main())
+    assert results == [("m", i) for i in range(10)]
+    assert seen == [1] * 10
+    assert elapsed < 0.4  # ten 50 ms calls overlapped instead of queueing (0.5 s)
+
+
 def test_reconfigure_changes_the_batch_size_live():
     async def main():
         batcher, seen = make(max_batch_size=2, max_wait_ms=50, work_s=0.01)

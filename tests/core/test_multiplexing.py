@@ -6,7 +6,7 @@ import time
 
 import httpx
 import pytest
-from servekit.core import MODEL_ID_HEADER
+from servekit.core import MODEL_ID_HEADER, BadRequest
 
 NAME = "versions"
 
@@ -62,6 +62,8 @@ def test_http_header_selects_the_model_and_missing_id_is_a_400(runtime, versions
     missing = httpx.post(url, json=5, timeout=60)
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] == "model_id_required"
+    with pytest.raises(BadRequest, match="serve_multiplexed_model_id"):
+        runtime.predict(NAME, 5)
 
 
 def test_a_model_that_fails_to_load_is_a_500_and_others_keep_working(runtime, versions):

@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pytest
+from servekit.core import ServekitError
 
 NAME = "echo-batched"
 
@@ -86,6 +87,19 @@ def test_malformed_input_gets_a_json_4xx_and_the_replica_keeps_serving(
     assert reply.json()["error"]["code"] == code
     assert "Traceback" not in reply.text
     assert httpx.post(url, json="still alive", timeout=30).json()["echo"] == "still alive"
+
+
+def test_model_error_is_a_500_with_request_id_and_no_traceback(runtime, echo):
+    url = runtime.url(NAME)
+    reply = httpx.post(url, json="explode", timeout=30)
+    assert reply.status_code == 500
+    error = reply.json()["error"]
+    assert error["code"] == "internal_error"
+    assert "(request " in error["message"]
+    assert "Traceback" not in reply.text
+    with pytest.raises(ServekitError, match="failed on this input: ValueError: cannot echo"):
+        runtime.predict(NAME, "explode")
+    assert httpx.post(url, json="fine", timeout=30).json()["echo"] == "fine"
 
 
 def test_unknown_route_and_method_are_json_errors(runtime, echo):

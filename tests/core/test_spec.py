@@ -76,7 +76,11 @@ services:
         ),
         ("name: a\nsource: python:m:A\nroute_prefix: api/\n", "route_prefix", "start with '/'"),
         ("name: a\n", "source", "required"),
-        ("name: a\nsource: python:m:A\nreplica: 2\n", "replica", "allowed: autoscaling"),
+        (
+            "name: a\nsource: python:m:A\nreplica: 2\n",
+            "replica",
+            "allowed: access_log, autoscaling",
+        ),
         (
             "name: a\nsource: python:m:A\nresources: {num_gpus: 1.5}\n",
             "resources.num_gpus",

@@ -19,6 +19,8 @@ class Echo:
     async def predict(self, batch: list) -> list:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if "explode" in batch:
+            raise ValueError("cannot echo 'explode'")
         return [
             {"echo": item, "greeting": self.greeting, "batch_size": len(batch), "pid": os.getpid()}
             for item in batch
@@ -50,6 +52,21 @@ class Versioned:
             {"model": self.model_id, "loads": self.loads, "pid": os.getpid(), "input": item}
             for item in batch
         ]
+
+
+class Fragile:
+    """Healthy until it is sent "break"; then its health check fails."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def predict(self, batch: list) -> list:
+        self.broken = self.broken or "break" in batch
+        return [{"pid": os.getpid(), "input": item} for item in batch]
+
+    def check_health(self) -> None:
+        if self.broken:
+            raise RuntimeError("model state is corrupt")
 
 
 class Broken:
