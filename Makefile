@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.servekit-installed
-EXTRAS ?= dev
+EXTRAS ?= dev,mlflow
 
 .PHONY: install demo test lint format bench docs clean-cluster
 
@@ -49,6 +49,7 @@ bench: install
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; \
 	  else echo "wrk is not installed: run 'sudo apt-get install wrk' for comparable numbers"; fi; }
 	$(BIN)/python bench/ingress.py
+	$(BIN)/python bench/mlflow_target.py
 
 docs: install
 	$(BIN)/mkdocs build --strict

@@ -9,6 +9,8 @@ Example::
     print(runtime.predict("echo", {"hello": "world"}))
 """
 
+from typing import TYPE_CHECKING, Any
+
 from servekit.core._private.errors import (
     BadRequest,
     ClusterUnavailable,
@@ -18,9 +20,7 @@ from servekit.core._private.errors import (
     SpecError,
     Timeout,
 )
-from servekit.core._private.runtime import Runtime, ServiceStatus
 from servekit.core._private.servable import Servable
-from servekit.core._private.server import MODEL_ID_HEADER, ModelServer, ServingContext
 from servekit.core._private.spec import (
     Autoscaling,
     Batching,
@@ -29,6 +29,31 @@ from servekit.core._private.spec import (
     Resources,
     ServiceSpec,
 )
+
+if TYPE_CHECKING:
+    from servekit.core._private.runtime import Runtime, ServiceStatus
+    from servekit.core._private.server import MODEL_ID_HEADER, ModelServer, ServingContext
+
+# These pull in Ray and FastAPI; importing servekit.core (an MLflow plugin entry point,
+# a spec check) stays cheap until one of them is used.
+_LAZY = {
+    "Runtime": "servekit.core._private.runtime",
+    "ServiceStatus": "servekit.core._private.runtime",
+    "MODEL_ID_HEADER": "servekit.core._private.server",
+    "ModelServer": "servekit.core._private.server",
+    "ServingContext": "servekit.core._private.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'servekit.core' has no attribute {name!r}")
+
 
 __all__ = [
     "MODEL_ID_HEADER",

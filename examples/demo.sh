@@ -1,21 +1,44 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: start the local cluster, deploy a model, query it.
+# The main job on a fresh machine: start the local cluster, train and register a model,
+# serve it with `mlflow deployments create -t serve`, query it, and serve a python: model.
 set -euo pipefail
 cd "$(dirname "$0")"
-SERVEKIT=../.venv/bin/servekit
-PORT="${SERVEKIT_HTTP_PORT:-8000}"
+BIN="$(cd ../.venv/bin && pwd)"
+export DEMO_DIR="${DEMO_DIR:-$HOME/.servekit/demo}"
+export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$DEMO_DIR/mlflow.db}"
+mkdir -p "$DEMO_DIR"
 
-echo "== 1. start the embedded local Ray cluster (kept running for later commands)"
-"$SERVEKIT" up
-echo "== 2. deploy examples/echo.yaml: a python: model with dynamic batching"
-"$SERVEKIT" deploy echo.yaml
-URL="$("$SERVEKIT" list --json | ../.venv/bin/python -c 'import json,sys; print(next(s["url"] for s in json.load(sys.stdin) if s["name"]=="echo"))')"
-echo "== 3. query it over HTTP: curl -X POST $URL -d '{\"text\": \"hello\"}'"
-curl -sS -X POST "$URL" -H 'content-type: application/json' -d '{"text": "hello"}'
+echo "== 1. start the embedded local Ray cluster (it keeps running for later commands)"
+"$BIN/servekit" up
+
+echo "== 2. train a classifier and register it in the MLflow registry at $MLFLOW_TRACKING_URI"
+MODEL_URI="$("$BIN/python" train_iris.py | tail -1 | "$BIN/python" -c 'import json,sys; print(json.load(sys.stdin)["model_uri"])')"
+
+echo "== 3. serve it: mlflow deployments create -t serve --name iris -m $MODEL_URI"
+if "$BIN/mlflow" deployments get -t serve --name iris >/dev/null 2>&1; then
+  "$BIN/mlflow" deployments update -t serve --name iris -m "$MODEL_URI"
+else
+  "$BIN/mlflow" deployments create -t serve --name iris -m "$MODEL_URI" -C max_batch_size=32
+fi
+
+echo "== 4. predict through MLflow's CLI: mlflow deployments predict -t serve --name iris --input-path $DEMO_DIR/iris-input.json"
+"$BIN/mlflow" deployments predict -t serve --name iris --input-path "$DEMO_DIR/iris-input.json"
 echo
-echo "== 4. query it through the CLI (a Ray Serve handle)"
-"$SERVEKIT" predict echo --data '{"text": "hello again"}'
-echo "== 5. what is running"
-"$SERVEKIT" status
+
+URL="$("$BIN/servekit" list --json | "$BIN/python" -c 'import json,sys; print(next(s["url"] for s in json.load(sys.stdin) if s["name"]=="iris"))')"
+echo "== 5. predict with curl, MLflow's scoring protocol: POST $URL/invocations"
+curl -sS -X POST "$URL/invocations" -H 'content-type: application/json' \
+  -d '{"dataframe_split": {"columns": ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"], "data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}}'
 echo
-echo "The cluster keeps running: try 'curl -X POST $URL -d 1'; stop it with '.venv/bin/servekit down'."
+
+echo "== 6. a plain Python model without a plugin: servekit deploy echo.yaml"
+"$BIN/servekit" deploy echo.yaml
+ECHO_URL="$("$BIN/servekit" list --json | "$BIN/python" -c 'import json,sys; print(next(s["url"] for s in json.load(sys.stdin) if s["name"]=="echo"))')"
+curl -sS -X POST "$ECHO_URL" -H 'content-type: application/json' -d '{"text": "hello"}'
+echo
+
+echo "== 7. what is running"
+"$BIN/servekit" status
+echo
+echo "The cluster keeps running. Try: curl -X POST $URL/invocations -H 'content-type: application/json' -d @- < ..."
+echo "Stop it with: .venv/bin/servekit down"

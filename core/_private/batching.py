@@ -70,6 +70,8 @@ class Batcher:
             # Batching off: no queue, no task; async models also run concurrently.
             self.batch_sizes[1] += 1
             (result,) = await self._run_batch(model_id, [item])
+            if isinstance(result, BaseException):
+                raise result
             return result
         lane = self._lanes.get(model_id)
         if lane is None:
@@ -125,7 +127,11 @@ class Batcher:
                 raise
             return
         for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(result, BaseException):  # this input alone failed
+                future.set_exception(result)
+            else:
                 future.set_result(result)
 
 

@@ -58,7 +58,11 @@ class Servable(abc.ABC):
 
     @abc.abstractmethod
     async def predict(self, model: Any, batch: list[Any]) -> list[Any]:
-        """Predict a batch of request inputs; return one output per input, in order."""
+        """Predict a batch of request inputs; return one output per input, in order.
+
+        An exception instance in place of an output fails that input alone (for
+        example a ``BadRequest`` for one malformed request in a batch).
+        """
 
     @abc.abstractmethod
     def routes(self, server: ServingContext) -> APIRouter:

@@ -68,7 +68,7 @@ class ServingContext:
 class ModelServer:
     """Hosts one Servable: batching, multiplexing, health checks, live reconfigure."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    async def __init__(self, spec: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         self.spec = ServiceSpec(**spec)
         self.replica_id = _replica_id()
         self._servable: Servable = servable_class(self.spec.scheme)(
@@ -85,6 +85,11 @@ class ModelServer:
                 return await self._load(model_id)
 
             self._load_multiplexed = serve.multiplexed(max_num_models_per_replica=limit)(load)
+            default = self.spec.multiplexing.default_model_id
+            if default:
+                # The default model loads at start, so a model that cannot load fails
+                # the deploy instead of the first request.
+                await self._load_multiplexed(default)
         else:
             self._model = self._load_now("")
 

@@ -82,6 +82,21 @@ def test_a_failing_batch_fails_each_of_its_requests_and_the_next_batch_runs():
     assert good == "good"
 
 
+def test_an_exception_in_place_of_an_output_fails_that_request_alone():
+    async def run(model_id: str, items: list) -> list:
+        return [ValueError(f"bad {i}") if i == "bad" else i for i in items]
+
+    async def main():
+        batcher = Batcher(run, 8, 20)
+        return await asyncio.gather(
+            *(request(batcher, "m", i) for i in ["a", "bad", "c"]), return_exceptions=True
+        )
+
+    a, bad, c = asyncio.run(main())
+    assert (a, c) == ("a", "c")
+    assert isinstance(bad, ValueError)
+
+
 def test_wrong_number_of_outputs_is_an_error():
     async def run(model_id: str, items: list) -> list:
         return []
