@@ -79,6 +79,8 @@ def bench_mlflow_serve(env: dict, body: str, seconds: float, work: Path) -> dict
         "-p",
         str(port),
     ]
+    # mlflow models serve execs `uvicorn`, which must be on PATH.
+    env = {**env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     with _load.process(cmd, env=env, log=work / "mlflow-serve.log"):
         return measure("mlflow models serve", f"http://127.0.0.1:{port}/invocations", body, seconds)
 

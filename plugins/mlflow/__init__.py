@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -58,17 +59,26 @@ class ServeDeploymentClient(BaseDeploymentClient):
 
     def update_deployment(self, name, model_uri=None, flavor=None, config=None, endpoint=None):
         _check_flavor(flavor)
+        with _clean_errors():
+            TargetConfig.parse(config)  # before connecting: a typo fails fast
         runtime = self._connect()
         current = self._spec_of(runtime, name)
         uri = model_uri or current.options["model_uri"]
-        base = dict(current.options.get("config", {}))
-        base.update(config or {})
-        return self._apply(runtime, name, uri, TargetConfig.parse(base))
+        merged = {**current.user_config.get("target_config", {}), **(config or {})}
+        with _clean_errors():
+            parsed = TargetConfig.parse(merged)
+        return self._apply(runtime, name, uri, parsed)
 
     def delete_deployment(self, name, config=None, endpoint=None):
         runtime = self._connect()
-        self._spec_of(runtime, name)
-        runtime.delete(name)
+        _call(runtime.status, name)  # NotFound -> a one-line error
+        try:
+            spec = runtime.spec(name)
+        except Exception:
+            spec = None  # no running replica (failed or starting): delete it all the same
+        if spec is not None and spec.scheme != SCHEME:
+            raise _error(f"{name!r} is a servekit service but not an MLflow deployment")
+        _call(runtime.delete, name)
 
     def list_deployments(self, endpoint=None):
         runtime = self._connect()
@@ -165,7 +175,13 @@ def build_spec(name: str, model_uri: str, config: TargetConfig) -> Any:
         "name": name,
         "source": f"{SCHEME}:{base}",
         "route_prefix": config.route_prefix,
-        "options": {"model_uri": uri, "config": config.model_dump(exclude_defaults=True)},
+        "options": {"model_uri": uri},
+        # -C values ride in user_config: changing replicas or batching restarts nothing.
+        "user_config": {
+            "target_config": config.model_dump(
+                exclude_defaults=True, exclude={"blocking", "timeout_s"}
+            )
+        },
         "batching": {"max_batch_size": config.max_batch_size, "max_wait_ms": config.batch_wait_ms},
         "resources": {
             "num_cpus": config.num_cpus,
@@ -208,11 +224,10 @@ def split_registry_uri(uri: str) -> tuple[str, str | None]:
         name, alias = rest.split("@", 1)
         return f"models:/{name}", alias
     name, _, version = rest.rpartition("/")
-    if name and version:
+    if name and version.isdigit():
         return f"models:/{name}", version
-    raise _error(
-        f"{uri!r} names no version or alias: use models:/<name>/<version> or models:/<name>@<alias>"
-    )
+    # models:/<name>/latest, a stage, or an MLflow 3 model id: served as one model.
+    return uri, None
 
 
 def _tracking_env() -> dict[str, str]:
@@ -230,11 +245,11 @@ def _absolute_store_uri(uri: str) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     parsed = urlparse(uri)
-    if parsed.scheme == "":
-        return str(Path(uri).resolve())
+    if parsed.scheme == "" and ("/" in uri or uri.startswith((".", "~"))):
+        return str(Path(uri).expanduser().resolve())
     if parsed.scheme == "file":
         return "file://" + str(Path(parsed.path).resolve())
-    return uri
+    return uri  # a server, or a bare name such as "databricks"
 
 
 def _requirements_env(uri: str, manager: str) -> dict[str, Any]:
@@ -256,7 +271,7 @@ def _describe(spec: Any, status: Any) -> dict[str, Any]:
         "url": status.url,
         "message": status.message,
         "replicas": status.replicas,
-        "config": spec.options.get("config", {}),
+        "config": spec.user_config.get("target_config", {}),
     }
 
 
@@ -336,8 +351,8 @@ def _error(message: str, status: int = 400) -> MlflowException:
 
 
 def _say(message: str) -> None:
-    if os.environ.get("SERVEKIT_QUIET") != "1":
-        print(f"[serve] {message}", flush=True)
+    if os.environ.get("SERVEKIT_QUIET") != "1":  # stderr: stdout is the command's result
+        print(f"[serve] {message}", file=sys.stderr, flush=True)
 
 
 def run_local(name, model_uri, flavor=None, config=None):

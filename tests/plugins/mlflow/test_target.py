@@ -202,7 +202,7 @@ def test_update_to_a_new_version_drops_no_request(iris, registry, runtime):
     assert tuple(registry["expected_v1"]) in answers and (2,) * 5 in answers
     after = httpx.post(f"{iris}/invocations", json=body, timeout=60)
     assert after.json()["predictions"] == [2] * 5
-    assert runtime.spec("iris").options["config"]["max_batch_size"] == 16  # config kept
+    assert runtime.spec("iris").user_config["target_config"]["max_batch_size"] == 16  # kept
 
 
 def test_custom_pyfunc_with_params(registry, runtime):
@@ -256,6 +256,25 @@ def test_bad_config_values_exit_non_zero_naming_the_key(registry, option, expect
     output = result.stdout + result.stderr
     for fragment in expected:
         assert fragment in output
+
+
+def test_config_only_update_is_live(iris, registry, runtime):
+    pid_before = runtime.handle("iris").describe.remote().result()["pid"]
+    updated = cli("update", "-t", "serve", "--name", "iris", "-C", "batch_wait_ms=2")
+    assert updated.returncode == 0, updated.stderr
+    assert runtime.spec("iris").batching.max_wait_ms == 2
+    assert runtime.handle("iris").describe.remote().result()["pid"] == pid_before
+
+
+def test_unknown_version_in_header_is_a_404(iris, registry):
+    reply = httpx.post(
+        f"{iris}/invocations",
+        json={"dataframe_split": frame(registry)},
+        headers={"serve_multiplexed_model_id": "99"},
+        timeout=60,
+    )
+    assert reply.status_code == 404, reply.text
+    assert reply.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
 
 
 def test_get_and_delete_of_unknown_deployment(registry):
