@@ -78,6 +78,7 @@ class ModelServer:
         self._batcher = Batcher(self._run_batch, batching.max_batch_size, batching.max_wait_ms)
         self._model: Any = None
         self._load_multiplexed: Any = None
+        self._queued_models: dict[str, Any] = {}
         if self.spec.multiplexing is not None:
             limit = self.spec.multiplexing.max_models_per_replica
 
@@ -133,12 +134,16 @@ class ModelServer:
         if model_id is None:
             model_id = self.model_id()
         if self._load_multiplexed is not None:
-            # Load (or touch in the LRU) before queueing, so a batch never waits on a load.
-            await self._load_multiplexed(model_id)
+            # Load (or touch in the LRU) before queueing, so a batch never waits on a load;
+            # the batch then uses the model this request saw, without a second lookup.
+            self._queued_models[model_id] = await self._load_multiplexed(model_id)
         return await self._batcher.submit(model_id, item)
 
     async def _run_batch(self, model_id: str, items: list[Any]) -> list[Any]:
-        model = await self.get_model(model_id)
+        # pop: a model evicted from the LRU must not live on here.
+        model = self._queued_models.pop(model_id, None) if self._load_multiplexed else self._model
+        if model is None:
+            model = await self.get_model(model_id)
         return await self._servable.predict(model, items)
 
     async def predict(self, item: Any, model_id: str | None = None) -> Any:
