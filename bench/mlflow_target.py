@@ -164,7 +164,7 @@ def report(results: dict, seconds: float, args) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--replicas", type=int, default=2, help="one per core by default")
     parser.add_argument("--max-batch-size", type=int, default=32)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
