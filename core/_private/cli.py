@@ -26,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     # Ray's own INFO lines would drown the CLI's progress; its warnings still show.
+    # Ray Serve sets its logger's level when it is imported, so import it first.
+    import ray.serve  # noqa: F401
+
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if args.command is None:

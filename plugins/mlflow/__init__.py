@@ -138,7 +138,11 @@ class ServeDeploymentClient(BaseDeploymentClient):
     # -- internals --------------------------------------------------------------------
     def _connect(self) -> Any:
         if self._runtime is None:
+            import ray.serve
             from servekit.core import Runtime
+
+            # Serve's driver-side INFO lines would bury MLflow's own output.
+            logging.getLogger(ray.serve.__name__).setLevel(logging.WARNING)
 
             with _clean_errors():
                 self._runtime = Runtime.connect(self.address, progress=_say)
