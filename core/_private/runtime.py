@@ -87,7 +87,11 @@ class Runtime:
         """Connect to ``address`` (or ``RAY_ADDRESS``: ``auto``, ``host:port``, ``ray://...``),
         or else to the embedded local cluster of ``home``, starting it if ``start``."""
         import ray
+        from ray._private import auto_init_hook
 
+        # Never start a stray default cluster: without this, Ray's background threads
+        # (a handle's metrics push) call ray.init() again after ray.shutdown().
+        auto_init_hook.enable_auto_connect = False
         address = address or os.environ.get("RAY_ADDRESS") or None
         local: LocalCluster | None = None
         if address is None:
