@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,6 +47,20 @@ class Servable(abc.ABC):
         if self._model_thread is None:
             self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="servekit-model")
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
+
+    async def iterate_blocking(self, iterator: Iterator[T]) -> AsyncIterator[T]:
+        """Drive a blocking iterator (a model's stream of chunks) on the model thread, one
+        item at a time, so batches keep running between the chunks of a stream."""
+        end = object()
+        try:
+            while (item := await self.run_blocking(next, iterator, end)) is not end:
+                yield item  # type: ignore[misc]
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None and self._model_thread is not None:
+                # Not awaited: a cancelled stream (the client went away) cannot wait. The
+                # model thread runs it after any chunk it is computing.
+                self._model_thread.submit(close)
 
     @abc.abstractmethod
     def load(self, model_id: str) -> Any:

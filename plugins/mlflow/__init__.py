@@ -127,10 +127,29 @@ class ServeDeploymentClient(BaseDeploymentClient):
         return PredictionsResponse.from_json(reply.text)
 
     def predict_stream(self, deployment_name=None, inputs=None, endpoint=None):
-        raise _error(
-            "predict_stream is for models that stream; this deployment's pyfunc "
-            "model does not (streaming LLM deployments come with the llm engine)"
-        )
+        """Yield the chunks of a model's ``predict_stream``. ``inputs`` is a dict such as
+        ``{"messages": [...]}`` or ``{"inputs": "text", "params": {...}}``; it is sent with
+        ``"stream": true``, as Databricks endpoints take it."""
+        import httpx
+
+        runtime = self._connect()
+        self._spec_of(runtime, deployment_name)
+        url = runtime.url(deployment_name) + "/invocations"
+        body = {**(inputs if isinstance(inputs, dict) else {"inputs": inputs}), "stream": True}
+        with httpx.stream("POST", url, json=body, timeout=600) as reply:
+            if reply.status_code != 200:
+                reply.read()
+                raise _error(_error_text(reply), reply.status_code)
+            for line in reply.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                value = line[len("data:") :].strip()
+                if value == "[DONE]":
+                    return
+                chunk = json.loads(value)
+                if isinstance(chunk, dict) and set(chunk) == {"error_code", "message"}:
+                    raise _error(f"{chunk['error_code']}: {chunk['message']}")
+                yield chunk
 
     def explain(self, deployment_name=None, df=None, endpoint=None):
         raise _error("explain is not supported by the serve target")

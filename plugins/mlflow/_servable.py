@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from servekit.core import BadRequest, Servable, ServingContext
 
 logger = logging.getLogger("servekit.mlflow")
@@ -53,6 +53,30 @@ class MlflowServable(Servable):
     async def predict(self, model: Any, batch: list[Any]) -> list[Any]:
         return await self.run_blocking(_predict_batch, model, batch)
 
+    async def _stream(
+        self, server: ServingContext, request: Request, document: dict[str, Any]
+    ) -> StreamingResponse:
+        """``"stream": true``: the model's ``predict_stream`` chunks as server-sent events
+        (``data: <json>``, then ``data: [DONE]``), the way Databricks endpoints stream."""
+        model = await server.model(server.model_id(request))
+        data, params = _stream_input(document)
+        first, chunks = await self.run_blocking(_open_stream, model, data, params)
+
+        async def events() -> Any:
+            if first is _END:
+                yield "data: [DONE]\n\n"
+                return
+            yield _event(first)
+            try:
+                async for chunk in self.iterate_blocking(chunks):
+                    yield _event(chunk)
+            except Exception as exc:  # mid-stream: the error is the last event
+                failed = _model_failed(exc)
+                yield _event(self.error_body(400, failed.code, str(failed)))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     def error_body(self, status_code: int, code: str, message: str) -> dict[str, Any]:
         return {"error_code": code.upper(), "message": message}
 
@@ -78,6 +102,10 @@ class MlflowServable(Servable):
                     code="unsupported_media_type",
                 )
             body = await request.body()
+            if mime == _JSON and b'"stream"' in body:
+                document = _json_or_none(body)
+                if isinstance(document, dict) and document.get("stream") is True:
+                    return await self._stream(server, request, document)
             result = await server.infer({"format": mime, "body": body}, server.model_id(request))
             return Response(result, media_type=_JSON)
 
@@ -94,67 +122,150 @@ class MlflowServable(Servable):
         return router
 
 
-def _predict_batch(model: Any, batch: list[Any]) -> list[Any]:
-    """One JSON string (``{"predictions": ...}``) or one BadRequest per item."""
-    import pandas as pd
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
+
+def _stream_input(document: dict[str, Any]) -> tuple[Any, Any]:
+    """``{"inputs": x, "params": p, "stream": true}`` -> (x, p); without ``inputs`` the rest
+    of the body is the input (``{"messages": [...], "stream": true}``)."""
+    params = document.get("params")
+    if "inputs" in document:
+        return document["inputs"], params
+    return {k: v for k, v in document.items() if k not in ("stream", "params")}, params
+
+
+def _open_stream(model: Any, data: Any, params: Any) -> tuple[Any, Any]:
+    """Start ``model.predict_stream`` and take its first chunk, so that a model that does
+    not stream or rejects the input fails the request with a 4xx before any event."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        chunks = iter(
+            model.predict_stream(data, params=params) if params else model.predict_stream(data)
+        )
+        return next(chunks, _END), chunks
+    except MlflowException as exc:
+        error = _bad_request(exc)
+        if error.status_code >= 500:  # e.g. "This model does not support predict_stream"
+            error = BadRequest(exc.message, code="BAD_REQUEST")
+        raise error from None
+    except Exception as exc:
+        raise _model_failed(exc) from None
+
+
+def _event(chunk: Any) -> str:
+    return f"data: {json.dumps(chunk, default=str)}\n\n"
+
+
+_END = object()
+
+
+def _predict_batch(model: Any, batch: list[Any]) -> list[Any]:
+    """One JSON string (``{"predictions": ...}``) or one BadRequest per item.
+
+    Plain DataFrame requests are predicted in one ``model.predict`` call: requests with
+    the same columns are parsed as one document (MLflow's parsing costs more per request
+    than a small model does), the rest are parsed alone and concatenated. Requests with
+    ``params`` or tensor inputs are predicted alone."""
     outputs: list[Any] = [None] * len(batch)
-    rest = _predict_merged(model, batch, outputs) if len(batch) > 1 else range(len(batch))
-    frames: list[tuple[int, Any]] = []
-    for index in rest:
-        item = batch[index]
+    frames: list[_Frame] = []
+    alone: list[int] = []
+    for indexes, sizes, document in _merge_documents(batch):
+        if len(indexes) == 1:
+            alone.append(indexes[0])
+            continue
         try:
-            data, params = _parse(model, item)
+            data, _ = _parse(model, document)
+        except BadRequest:  # a bad request among them: parse them one by one
+            alone.extend(indexes)
+            continue
+        frames.append(_Frame(indexes, sizes, data))
+    for index in sorted(alone):
+        try:
+            data, params = _parse(model, batch[index])
         except BadRequest as exc:
             outputs[index] = exc
             continue
-        if isinstance(data, pd.DataFrame) and not params:
-            frames.append((index, data))
+        if _is_frame(data) and not params:
+            frames.append(_Frame([index], [len(data)], data))
         else:
             outputs[index] = _predict_one(model, data, params)
-    if len(frames) == 1:
-        index, data = frames[0]
-        outputs[index] = _predict_one(model, data, None)
-    elif frames:
-        for index, output in _predict_concatenated(model, frames):
-            outputs[index] = output
+    _predict_frames(model, batch, frames, outputs)
     return outputs
 
 
-def _predict_merged(model: Any, batch: list[Any], outputs: list[Any]) -> list[int]:
-    """Parse requests that are plain ``dataframe_split``/``dataframe_records`` bodies with
-    the same columns as one document: MLflow's parsing costs more per request than the
-    model does. Fills ``outputs`` for what it predicted; returns the indexes left over."""
-    groups: dict[Any, list[tuple[int, Any]]] = {}
-    rest = []
+class _Frame:
+    """Parsed rows of one or more requests: ``sizes[i]`` rows belong to ``indexes[i]``."""
+
+    def __init__(self, indexes: list[int], sizes: list[int], data: Any) -> None:
+        self.indexes, self.sizes, self.data = indexes, sizes, data
+
+
+def _predict_frames(model: Any, batch: list[Any], frames: list[_Frame], outputs: list[Any]) -> None:
+    """Predict all frames in one call and split the predictions back; when that fails (one
+    bad request spoils a combined batch), retry frame by frame, then request by request."""
+    import pandas as pd
+
+    if not frames:
+        return
+    if len(frames) == 1 and len(frames[0].indexes) == 1:
+        outputs[frames[0].indexes[0]] = _predict_one(model, frames[0].data, None)
+        return
+    sizes = [size for frame in frames for size in frame.sizes]
+    indexes = [index for frame in frames for index in frame.indexes]
+    try:
+        data = frames[0].data
+        if len(frames) > 1:
+            data = pd.concat([frame.data for frame in frames], ignore_index=True)
+        parts = _split(model.predict(data), sizes)
+    except Exception:
+        parts = None
+    if parts is not None:
+        for index, part in zip(indexes, parts, strict=True):
+            outputs[index] = _to_json(part)
+    elif len(frames) > 1:
+        for frame in frames:
+            _predict_frames(model, batch, [frame], outputs)
+    else:
+        for index in indexes:
+            try:
+                data, params = _parse(model, batch[index])
+            except BadRequest as exc:
+                outputs[index] = exc
+                continue
+            outputs[index] = _predict_one(model, data, params)
+
+
+def _merge_documents(batch: list[Any]) -> list[tuple[list[int], list[int], Any]]:
+    """Group plain ``dataframe_split``/``dataframe_records`` bodies by their columns, each
+    group as one document: (request indexes, rows per request, document). Every other
+    item is a group of its own, with no document."""
+    groups: dict[Any, tuple[list[int], list[int], list[Any]]] = {}
+    single: list[tuple[list[int], list[int], Any]] = []
     for index, item in enumerate(batch):
-        key, rows = _mergeable(item)
+        key, rows = _mergeable(item) if len(batch) > 1 else (None, [])
         if key is None:
-            rest.append(index)
-        else:
-            groups.setdefault(key, []).append((index, rows))
-    for key, members in groups.items():
-        if len(members) == 1:
-            rest.append(members[0][0])
+            single.append(([index], [], None))
             continue
-        rows = [row for _, part in members for row in part]
-        merged = (
+        indexes, sizes, merged = groups.setdefault(key, ([], [], []))
+        indexes.append(index)
+        sizes.append(len(rows))
+        merged.extend(rows)
+    documents = [
+        (
+            indexes,
+            sizes,
             {"dataframe_split": {"columns": list(key[1]), "data": rows}}
             if key[0] == "split"
-            else {"dataframe_records": rows}
+            else {"dataframe_records": rows},
         )
-        parts = None
-        try:
-            data, _ = _parse(model, merged)
-            parts = _split(model.predict(data), [len(part) for _, part in members])
-        except Exception:  # a bad request among them: parse and predict one by one
-            parts = None
-        if parts is None:
-            rest.extend(index for index, _ in members)
-            continue
-        for (index, _), part in zip(members, parts, strict=True):
-            outputs[index] = _to_json(part)
-    return sorted(rest)
+        for key, (indexes, sizes, rows) in groups.items()
+    ]
+    return documents + single
 
 
 def _mergeable(item: Any) -> tuple[Any, list[Any]]:
@@ -178,19 +289,10 @@ def _mergeable(item: Any) -> tuple[Any, list[Any]]:
     return None, []
 
 
-def _predict_concatenated(model: Any, frames: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+def _is_frame(data: Any) -> bool:
     import pandas as pd
 
-    sizes = [len(df) for _, df in frames]
-    try:
-        combined = pd.concat([df for _, df in frames], ignore_index=True)
-        predictions = model.predict(combined)
-        parts = _split(predictions, sizes)
-    except Exception:  # one bad request spoils a combined batch: retry them one by one
-        parts = None
-    if parts is None:
-        return [(index, _predict_one(model, df, None)) for index, df in frames]
-    return [(index, _to_json(part)) for (index, _), part in zip(frames, parts, strict=True)]
+    return isinstance(data, pd.DataFrame)
 
 
 def _split(predictions: Any, sizes: list[int]) -> list[Any] | None:
@@ -242,12 +344,16 @@ def _predict_one(model: Any, data: Any, params: Any) -> Any:
     except MlflowException as exc:
         return _bad_request(exc)
     except Exception as exc:
-        logger.warning("prediction failed: %s", exc)
-        return BadRequest(
-            "the model failed on this input; check that it matches the model's signature "
-            f"({type(exc).__name__}: {exc})",
-            code="bad_request",
-        )
+        return _model_failed(exc)
+
+
+def _model_failed(exc: Exception) -> BadRequest:
+    logger.warning("prediction failed: %s", exc)
+    return BadRequest(
+        "the model failed on this input; check that it matches the model's signature "
+        f"({type(exc).__name__}: {exc})",
+        code="bad_request",
+    )
 
 
 def _to_json(predictions: Any) -> str:

@@ -27,6 +27,33 @@ class AddN(mlflow.pyfunc.PythonModel):
         return model_input + (params or {}).get("n", self.n)
 
 
+class Words(mlflow.pyfunc.PythonModel):
+    """Streams its input text word by word; ``params={"upper": true}`` shouts; the word
+    ``boom`` fails the stream midway."""
+
+    def predict(self, context, model_input, params=None):
+        return [str(model_input)]
+
+    def predict_stream(self, context, model_input, params=None):
+        for word in str(model_input).split():
+            if word == "boom":
+                raise ValueError("boom is not a word")
+            yield {"word": word.upper() if (params or {}).get("upper") else word}
+
+
+class Unidecoded(mlflow.pyfunc.PythonModel):
+    """Needs ``text-unidecode``, which the test environment does not have: it loads only
+    where the model's own requirements were installed."""
+
+    def load_context(self, context):
+        import text_unidecode
+
+        self.unidecode = text_unidecode.unidecode
+
+    def predict(self, context, model_input):
+        return [self.unidecode(str(text)) for text in model_input["text"]]
+
+
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory, cluster):
     """Tracking + registry in sqlite; ``iris`` v1 (logistic regression) and v2 (always
@@ -74,6 +101,24 @@ def registry(tmp_path_factory, cluster):
     with mlflow.start_run(experiment_id=experiment):
         mlflow.pyfunc.log_model(
             name="model", python_model=FailsToLoad(), registered_model_name="broken"
+        )
+    with mlflow.start_run(experiment_id=experiment):
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=Words(),
+            registered_model_name="words",
+            signature=infer_signature("a b", ["a b"], params={"upper": False}),
+        )
+    with mlflow.start_run(experiment_id=experiment):
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=Unidecoded(),
+            registered_model_name="unidecoded",
+            pip_requirements=[
+                f"mlflow=={mlflow.__version__}",
+                f"cloudpickle=={cloudpickle.__version__}",
+                "text-unidecode==1.3",
+            ],
         )
     return {
         "uri": uri,

@@ -171,6 +171,18 @@ def test_python_client_predict(iris, registry):
         client.explain("iris", df)
 
 
+def test_streaming_a_model_that_does_not_stream_is_a_400(iris, registry):
+    from mlflow.deployments import get_deploy_client
+    from mlflow.exceptions import MlflowException
+
+    body = {"dataframe_split": frame(registry), "stream": True}
+    reply = httpx.post(f"{iris}/invocations", json=body, timeout=60)
+    assert reply.status_code == 400, reply.text
+    assert "does not support predict_stream" in reply.json()["message"]
+    with pytest.raises(MlflowException, match="does not support predict_stream"):
+        list(get_deploy_client("serve").predict_stream("iris", {"inputs": [[1, 2, 3, 4]]}))
+
+
 def test_update_to_a_new_version_drops_no_request(iris, registry, runtime):
     body = {"dataframe_split": frame(registry)}
     failures, answers = [], set()
