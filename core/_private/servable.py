@@ -54,7 +54,7 @@ class Servable(abc.ABC):
         end = object()
         try:
             while (item := await self.run_blocking(next, iterator, end)) is not end:
-                yield item  # type: ignore[misc]
+                yield item
         finally:
             close = getattr(iterator, "close", None)
             if close is not None and self._model_thread is not None:
