@@ -1,7 +1,10 @@
 """The same registered sklearn model served by `mlflow models serve` and by the `serve`
 target (`mlflow deployments create -t serve`), under wrk with 1 and 32 connections.
 
-    python bench/mlflow_target.py [--seconds 15] [--replicas 1] [--max-batch-size 32]
+    python bench/mlflow_target.py [--seconds 10] [--rounds 3] [--replicas 2] [--max-batch-size 32]
+
+Both servers run at the same time and the runs alternate between them, round by round;
+the report gives the median of the rounds.
 
 Writes bench/results/mlflow_target.json and the "MLflow target" section of
 docs/benchmarks.md.
@@ -10,13 +13,16 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -51,20 +57,8 @@ def register_model(work: Path) -> tuple[dict, str]:
     return {"MLFLOW_TRACKING_URI": uri}, body
 
 
-def measure(name: str, url: str, body: str, seconds: float) -> dict:
-    _load.wait_http(url, body)
-    _load.load(url, body, 32, 3)  # warm-up, not recorded
-    result = {"c1": _load.load(url, body, 1, seconds), "c32": _load.load(url, body, 32, seconds)}
-    print(
-        f"{name:>24}: 1 conn {result['c1']['rps']:7.0f} req/s p50 {result['c1']['p50_ms']:6.2f}"
-        f" ms | 32 conn {result['c32']['rps']:7.0f} req/s p50 {result['c32']['p50_ms']:6.2f} ms"
-        f" p99 {result['c32']['p99_ms']:7.2f} ms",
-        flush=True,
-    )
-    return result
-
-
-def bench_mlflow_serve(env: dict, body: str, seconds: float, work: Path) -> dict:
+@contextlib.contextmanager
+def mlflow_serve(env: dict, work: Path) -> Iterator[str]:
     port = _load.free_port()
     cmd = [
         MLFLOW,
@@ -82,10 +76,11 @@ def bench_mlflow_serve(env: dict, body: str, seconds: float, work: Path) -> dict
     # mlflow models serve execs `uvicorn`, which must be on PATH.
     env = {**env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     with _load.process(cmd, env=env, log=work / "mlflow-serve.log"):
-        return measure("mlflow models serve", f"http://127.0.0.1:{port}/invocations", body, seconds)
+        yield f"http://127.0.0.1:{port}/invocations"
 
 
-def bench_serve_target(env: dict, body: str, seconds: float, work: Path, args) -> dict:
+@contextlib.contextmanager
+def serve_target(env: dict, work: Path, args: argparse.Namespace) -> Iterator[str]:
     port = _load.free_port()
     env = {
         **os.environ,
@@ -119,20 +114,49 @@ def bench_serve_target(env: dict, body: str, seconds: float, work: Path, args) -
             check=True,
             timeout=600,
         )
-        return measure(
-            "mlflow deployments -t serve",
-            f"http://127.0.0.1:{port}/iris/invocations",
-            body,
-            seconds,
-        )
+        yield f"http://127.0.0.1:{port}/iris/invocations"
     finally:
         subprocess.run([SERVEKIT, "down"], env=env, timeout=120)
+
+
+def measure(urls: dict[str, str], body: str, seconds: float, rounds: int) -> dict:
+    """Both servers run at once (same machine state); rounds alternate between them and
+    each figure is the median over the rounds, so a noisy minute hurts both alike."""
+    for url in urls.values():
+        _load.wait_http(url, body)
+        _load.load(url, body, 32, 3)  # warm-up, not recorded
+    runs: dict[str, dict[str, list[dict]]] = {name: {"c1": [], "c32": []} for name in urls}
+    for round_ in range(rounds):
+        names = list(urls) if round_ % 2 == 0 else list(reversed(urls))
+        for connections in (1, 32):
+            for name in names:
+                result = _load.load(urls[name], body, connections, seconds)
+                runs[name][f"c{connections}"].append(result)
+                print(
+                    f"round {round_ + 1} {name:>20} {connections:>2} conn: "
+                    f"{result['rps']:7.0f} req/s p50 {result['p50_ms']:6.2f} ms "
+                    f"p99 {result['p99_ms']:7.2f} ms",
+                    flush=True,
+                )
+    return {
+        name: {key: _median(results) for key, results in by_conns.items()}
+        for name, by_conns in runs.items()
+    }
+
+
+def _median(results: list[dict]) -> dict:
+    merged = {
+        key: statistics.median(r[key] for r in results) for key in ("rps", "p50_ms", "p99_ms")
+    }
+    merged["errors"] = sum(r["errors"] for r in results)
+    return merged
 
 
 def report(results: dict, seconds: float, args) -> str:
     ml, sk = results["mlflow_models_serve"], results["serve_target"]
     lines = [
-        f"Machine: {_load.machine()}. Load generator: {_load.tool()}, {seconds:g} s per run. "
+        f"Machine: {_load.machine()}. Load generator: {_load.tool()}, {seconds:g} s per run, "
+        f"{args.rounds} alternating rounds with both servers up, medians. "
         f"Model: scikit-learn logistic regression on iris, registered as `models:/iris/1`; "
         f"body: one row as `dataframe_split`. servekit: {args.replicas} replica(s), "
         f"`max_batch_size={args.max_batch_size}`. Run: `python bench/mlflow_target.py`, "
@@ -163,20 +187,21 @@ def report(results: dict, seconds: float, args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--seconds", type=float, default=10, help="per run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per server")
     parser.add_argument("--replicas", type=int, default=2, help="one per core by default")
     parser.add_argument("--max-batch-size", type=int, default=32)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
     env, body = register_model(work)
-    results = {
-        "mlflow_models_serve": bench_mlflow_serve(env, body, args.seconds, work),
-        "serve_target": bench_serve_target(env, body, args.seconds, work, args),
-    }
+    with mlflow_serve(env, work) as mlflow_url, serve_target(env, work, args) as serve_url:
+        urls = {"mlflow_models_serve": mlflow_url, "serve_target": serve_url}
+        results = measure(urls, body, args.seconds, args.rounds)
     data = {
         "machine": _load.machine(),
         "tool": _load.tool(),
         "seconds": args.seconds,
+        "rounds": args.rounds,
         "replicas": args.replicas,
         "max_batch_size": args.max_batch_size,
         "results": results,
