@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.servekit-installed
-EXTRAS ?= dev,mlflow
+EXTRAS ?= dev,mlflow,langchain
 
 .PHONY: install demo test lint format bench docs clean-cluster
 

@@ -21,6 +21,7 @@ from servekit.core._private.errors import (
     Timeout,
 )
 from servekit.core._private.servable import Servable
+from servekit.core._private.sources import import_object
 from servekit.core._private.spec import (
     Autoscaling,
     Batching,
@@ -31,7 +32,7 @@ from servekit.core._private.spec import (
 )
 
 if TYPE_CHECKING:
-    from servekit.core._private.runtime import Runtime, ServiceStatus
+    from servekit.core._private.runtime import Runtime, ServiceStatus, service_handle
     from servekit.core._private.server import MODEL_ID_HEADER, ModelServer, ServingContext
 
 # These pull in Ray and FastAPI; importing servekit.core (an MLflow plugin entry point,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "Runtime": "servekit.core._private.runtime",
     "ServiceStatus": "servekit.core._private.runtime",
+    "service_handle": "servekit.core._private.runtime",
     "MODEL_ID_HEADER": "servekit.core._private.server",
     "ModelServer": "servekit.core._private.server",
     "ServingContext": "servekit.core._private.server",
@@ -75,4 +77,6 @@ __all__ = [
     "ServingContext",
     "SpecError",
     "Timeout",
+    "import_object",
+    "service_handle",
 ]

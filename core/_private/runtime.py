@@ -436,3 +436,14 @@ def _detect_ingress() -> str:
         return "haproxy" if actors else "python"
     except Exception:
         return "unknown"
+
+
+def service_handle(name: str) -> Any:
+    """A DeploymentHandle to service ``name`` for code running inside the cluster, such
+    as a replica that composes services. Example::
+
+        answer = await service_handle("embedder").predict.remote("some text")
+    """
+    from ray import serve
+
+    return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=name)

@@ -25,6 +25,8 @@ def test_public_names_are_pinned():
             "ServingContext",
             "SpecError",
             "Timeout",
+            "import_object",
+            "service_handle",
         ]
     )
     for name in servekit.core.__all__:
