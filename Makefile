@@ -50,6 +50,7 @@ bench: install
 	  else echo "wrk is not installed: run 'sudo apt-get install wrk' for comparable numbers"; fi; }
 	$(BIN)/python bench/ingress.py
 	$(BIN)/python bench/mlflow_target.py
+	$(BIN)/python bench/langchain_host.py
 
 docs: install
 	$(BIN)/mkdocs build --strict

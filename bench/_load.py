@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +65,47 @@ def load(url: str, body: str, connections: int, seconds: float) -> dict:
     if shutil.which("wrk"):
         return _wrk(url, body, connections, seconds)
     return _python_load(url, body, connections, seconds)
+
+
+def alternate(
+    urls: dict[str, str],
+    body: str,
+    seconds: float,
+    rounds: int,
+    connections: tuple[int, ...] = (1, 32),
+    probes: dict[str, Callable[[str], dict]] | None = None,
+) -> dict:
+    """Load every server in ``urls`` (all running at once, so all see the same machine
+    state), alternating their order round by round; each figure is the median over the
+    rounds, so a noisy minute hurts all alike. ``probes`` are extra per-round measurements
+    (``fn(url) -> {"p50_ms": ...}``) reported under their own key."""
+    probes = probes or {}
+    for url in urls.values():
+        wait_http(url, body)
+        load(url, body, max(connections), 3)  # warm-up, not recorded
+    keys = [f"c{c}" for c in connections] + list(probes)
+    runs: dict[str, dict[str, list[dict]]] = {name: {key: [] for key in keys} for name in urls}
+    for round_ in range(rounds):
+        names = list(urls) if round_ % 2 == 0 else list(reversed(urls))
+        steps = [(f"c{c}", lambda url, c=c: load(url, body, c, seconds)) for c in connections]
+        for key, run in [*steps, *probes.items()]:
+            for name in names:
+                result = run(urls[name])
+                runs[name][key].append(result)
+                shown = " ".join(f"{k} {v:.2f}" for k, v in result.items() if k != "errors")
+                print(f"round {round_ + 1} {name:>22} {key:>5}: {shown}", flush=True)
+    return {
+        name: {key: _median(found) for key, found in by_key.items()}
+        for name, by_key in runs.items()
+    }
+
+
+def _median(results: list[dict]) -> dict:
+    merged = {
+        key: statistics.median(r[key] for r in results) for key in results[0] if key != "errors"
+    }
+    merged["errors"] = sum(r.get("errors", 0) for r in results)
+    return merged
 
 
 def tool() -> str:

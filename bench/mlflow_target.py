@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,39 +118,6 @@ def serve_target(env: dict, work: Path, args: argparse.Namespace) -> Iterator[st
         subprocess.run([SERVEKIT, "down"], env=env, timeout=120)
 
 
-def measure(urls: dict[str, str], body: str, seconds: float, rounds: int) -> dict:
-    """Both servers run at once (same machine state); rounds alternate between them and
-    each figure is the median over the rounds, so a noisy minute hurts both alike."""
-    for url in urls.values():
-        _load.wait_http(url, body)
-        _load.load(url, body, 32, 3)  # warm-up, not recorded
-    runs: dict[str, dict[str, list[dict]]] = {name: {"c1": [], "c32": []} for name in urls}
-    for round_ in range(rounds):
-        names = list(urls) if round_ % 2 == 0 else list(reversed(urls))
-        for connections in (1, 32):
-            for name in names:
-                result = _load.load(urls[name], body, connections, seconds)
-                runs[name][f"c{connections}"].append(result)
-                print(
-                    f"round {round_ + 1} {name:>20} {connections:>2} conn: "
-                    f"{result['rps']:7.0f} req/s p50 {result['p50_ms']:6.2f} ms "
-                    f"p99 {result['p99_ms']:7.2f} ms",
-                    flush=True,
-                )
-    return {
-        name: {key: _median(results) for key, results in by_conns.items()}
-        for name, by_conns in runs.items()
-    }
-
-
-def _median(results: list[dict]) -> dict:
-    merged = {
-        key: statistics.median(r[key] for r in results) for key in ("rps", "p50_ms", "p99_ms")
-    }
-    merged["errors"] = sum(r["errors"] for r in results)
-    return merged
-
-
 def report(results: dict, seconds: float, args) -> str:
     ml, sk = results["mlflow_models_serve"], results["serve_target"]
     lines = [
@@ -196,7 +162,7 @@ def main() -> None:
     env, body = register_model(work)
     with mlflow_serve(env, work) as mlflow_url, serve_target(env, work, args) as serve_url:
         urls = {"mlflow_models_serve": mlflow_url, "serve_target": serve_url}
-        results = measure(urls, body, args.seconds, args.rounds)
+        results = _load.alternate(urls, body, args.seconds, args.rounds)
     data = {
         "machine": _load.machine(),
         "tool": _load.tool(),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: start the local cluster, train and register a model,
-# serve it with `mlflow deployments create -t serve`, query it, and serve a python: model.
+# serve it with `mlflow deployments create -t serve`, query it, serve a LangChain chain and a
+# python: model.
 set -euo pipefail
 cd "$(dirname "$0")"
 BIN="$(cd ../.venv/bin && pwd)"
@@ -37,7 +38,17 @@ ECHO_URL="$("$BIN/servekit" list --json | "$BIN/python" -c 'import json,sys; pri
 curl -sS -X POST "$ECHO_URL" -H 'content-type: application/json' -d '{"text": "hello"}'
 echo
 
-echo "== 7. what is running"
+echo "== 7. a LangChain chain with LangServe's routes: servekit deploy chain.yaml"
+"$BIN/servekit" deploy chain.yaml
+CHAIN_URL="$("$BIN/servekit" list --json | "$BIN/python" -c 'import json,sys; print(next(s["url"] for s in json.load(sys.stdin) if s["name"]=="explain"))')"
+echo "POST $CHAIN_URL/invoke"
+curl -sS -X POST "$CHAIN_URL/invoke" -H 'content-type: application/json' -d '{"input": {"topic": "batching"}}'
+echo
+echo "POST $CHAIN_URL/stream (server-sent events)"
+curl -sS -N -X POST "$CHAIN_URL/stream" -H 'content-type: application/json' -d '{"input": {"topic": "batching"}}'
+echo
+
+echo "== 8. what is running"
 "$BIN/servekit" status
 echo
 echo "The cluster keeps running. Try: curl -X POST $URL/invocations -H 'content-type: application/json' -d @- < ..."

@@ -53,7 +53,10 @@ def serve_runnable(
     from servekit.core import Runtime, ServiceSpec, SpecError
     from servekit.plugins.langchain._servable import ChainOptions
 
-    chain = {key: options.pop(key) for key in list(options) if key in ChainOptions.model_fields}
+    chain = dict(options.pop("options", None) or {})
+    chain.update(
+        {key: options.pop(key) for key in list(options) if key in ChainOptions.model_fields}
+    )
     try:
         ChainOptions.parse(chain)
     except ValueError as exc:
@@ -73,11 +76,18 @@ def service_runnable(name: str) -> Any:
     from langchain_core.runnables import RunnableLambda
     from servekit.core import service_handle
 
+    handles: list[Any] = []  # looked up on first use, inside the replica that calls
+
+    def handle() -> Any:
+        if not handles:
+            handles.append(service_handle(name))
+        return handles[0]
+
     async def call(value: Any) -> Any:
-        return await service_handle(name).predict.remote(value)
+        return await handle().predict.remote(value)
 
     def call_sync(value: Any) -> Any:
-        return service_handle(name).predict.remote(value).result()
+        return handle().predict.remote(value).result()
 
     return RunnableLambda(call_sync, afunc=call, name=f"service:{name}")
 

@@ -209,10 +209,14 @@ def _chunk(line: str) -> ChatGenerationChunk | None:
 def _checked(reply: httpx.Response) -> httpx.Response:
     if reply.status_code >= 400:
         try:
-            error = reply.json().get("error", {})
-            message = error.get("message") if isinstance(error, dict) else str(error)
+            body = reply.json()
         except ValueError:
-            message = reply.text
+            body = None
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            message = error.get("message") or reply.text
+        else:
+            message = str(error) if error else reply.text
         raise httpx.HTTPStatusError(
             f"{reply.status_code} from {reply.request.url}: {message}",
             request=reply.request,

@@ -17,11 +17,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from servekit.core import BadRequest, Servable, ServingContext, import_object
 from servekit.plugins.langchain._wire import dumps, error_event, parse_input, sse
 
 logger = logging.getLogger("servekit.langchain")
+
+
+_ALLOWED_CONFIG_KEYS = {"configurable", "tags", "metadata", "run_name", "max_concurrency"}
 
 
 class ChainOptions(BaseModel):
@@ -45,6 +48,17 @@ class ChainOptions(BaseModel):
         description="'pkg.mod:fn', fn(config, request) -> config, sync or async",
     )
 
+    @field_validator("config_keys")
+    @classmethod
+    def _requestable(cls, keys: list[str]) -> list[str]:
+        unknown = sorted(set(keys) - _ALLOWED_CONFIG_KEYS)
+        if unknown:
+            raise ValueError(
+                f"{unknown} cannot come from a request "
+                f"(allowed: {', '.join(sorted(_ALLOWED_CONFIG_KEYS))})"
+            )
+        return keys
+
     @classmethod
     def parse(cls, options: dict[str, Any]) -> ChainOptions:
         try:
@@ -55,10 +69,8 @@ class ChainOptions(BaseModel):
             if error["type"] == "extra_forbidden":
                 allowed = ", ".join(sorted(cls.model_fields))
                 raise ValueError(f"unknown option {key!r} (allowed: {allowed})") from None
-            raise ValueError(f"option {key!r}: {error['msg']}") from None
-
-
-_ALLOWED_CONFIG_KEYS = {"configurable", "tags", "metadata", "run_name", "max_concurrency"}
+            message = str(error["msg"]).removeprefix("Value error, ")
+            raise ValueError(f"option {key!r}: {message}") from None
 
 
 class RunnableServable(Servable):
@@ -67,12 +79,6 @@ class RunnableServable(Servable):
     def __init__(self, target: str, options: dict[str, Any]) -> None:
         super().__init__(target, options)
         self.chain_options = ChainOptions.parse(options)
-        unknown = set(self.chain_options.config_keys) - _ALLOWED_CONFIG_KEYS
-        if unknown:
-            raise ValueError(
-                f"config_keys {sorted(unknown)} cannot come from a request "
-                f"(allowed: {', '.join(sorted(_ALLOWED_CONFIG_KEYS))})"
-            )
         modifier = self.chain_options.per_request_modifier
         self._modifier = import_object(modifier) if modifier else None
 
@@ -80,7 +86,7 @@ class RunnableServable(Servable):
         from langchain_core.runnables import Runnable
 
         obj = import_object(self.target)
-        if not isinstance(obj, Runnable) and callable(obj):
+        if not isinstance(obj, Runnable) and _is_factory(obj):
             obj = obj()  # a zero-argument factory: chains often hold clients that cannot pickle
         if not isinstance(obj, Runnable):
             raise TypeError(
@@ -225,6 +231,16 @@ class RunnableServable(Servable):
         run_id = uuid.uuid4()
         config["run_id"] = run_id
         return config, run_id
+
+
+def _is_factory(obj: Any) -> bool:
+    if not callable(obj) or isinstance(obj, type):
+        return False
+    try:
+        inspect.signature(obj).bind()
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 class _Call:
