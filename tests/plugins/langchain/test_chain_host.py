@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
+import struct
 import subprocess
 import time
 
@@ -179,14 +181,26 @@ def test_config_allowlist_headers_and_modifier(chains):
 
 def test_a_client_that_disconnects_cancels_its_run(chains):
     marker = chains["cancel_dir"] / "leave-early"
-    with pytest.raises(httpx.TimeoutException):
-        httpx.post(chains["slow"] + "/invoke", json={"input": "leave-early"}, timeout=3)
-    # The client's close travels HAProxy -> the replica's HTTP server -> Serve, which
-    # cancels the request's task; the chain sees CancelledError and marks it.
-    deadline = time.monotonic() + 60
+    url = httpx.URL(chains["slow"] + "/invoke")
+    body = b'{"input": "leave-early"}'
+    with socket.create_connection((url.host, url.port)) as client:
+        client.sendall(
+            f"POST {url.path} HTTP/1.1\r\nHost: {url.host}\r\nContent-Type: application/json"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        deadline = time.monotonic() + 30
+        while not marker.exists() or marker.read_text() != "started":
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        # Leave abruptly (a reset, as when a client process dies).
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # The close travels HAProxy -> the replica's HTTP server -> Serve, which cancels the
+    # request's task; the chain sees CancelledError and marks it.
+    deadline = time.monotonic() + 30
     while marker.read_text() != "cancelled":
         assert time.monotonic() < deadline, f"the run was not cancelled: {marker.read_text()}"
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def test_a_chain_step_calls_another_service_by_handle(chains):
