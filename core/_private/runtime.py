@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -317,7 +318,7 @@ class Runtime:
 
     def _wait_running(self, name: str, timeout_s: float, say: Progress) -> ServiceStatus:
         deadline = time.monotonic() + timeout_s
-        last = ""
+        last = said = ""
         while True:
             apps = self._apps()
             app = apps.get(name)
@@ -329,13 +330,20 @@ class Runtime:
                 if line != last:
                     say(line)
                     last = line
+                # Serve explains slow starts (no free CPUs, a runtime_env being installed).
+                if status.message and status.message != said and status.status != "RUNNING":
+                    said = status.message
+                    say(said.splitlines()[0])
                 if status.status == "RUNNING":
                     return status
                 if status.status in _FAILED:
                     cause, details = _root_cause(status.message)
                     raise DeployError(name, cause, details)
             if time.monotonic() > deadline:
-                raise Timeout(f"service {name!r} was not running after {timeout_s:g}s ({last})")
+                why = f": {said.splitlines()[0]}" if said else ""
+                raise Timeout(
+                    f"service {name!r} was not running after {timeout_s:g}s ({last}){why}"
+                )
             time.sleep(0.5)
 
     def _apps(self) -> dict[str, Any]:
@@ -397,8 +405,15 @@ def upload_local_dirs(runtime_env: dict[str, Any]) -> dict[str, Any]:
     from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
     from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
 
-    runtime_env = upload_py_modules_if_needed(runtime_env, include_gitignore=True, logger=logger)
-    runtime_env = upload_working_dir_if_needed(runtime_env, include_gitignore=True, logger=logger)
+    # Ray zips into the current directory unless told otherwise; when that directory is
+    # the working_dir itself, the zip can end up zipping itself until the disk is full.
+    with tempfile.TemporaryDirectory(prefix="servekit-upload-") as scratch:
+        runtime_env = upload_py_modules_if_needed(
+            runtime_env, include_gitignore=True, scratch_dir=scratch, logger=logger
+        )
+        runtime_env = upload_working_dir_if_needed(
+            runtime_env, include_gitignore=True, scratch_dir=scratch, logger=logger
+        )
     runtime_env.pop("excludes", None)
     return runtime_env
 
