@@ -29,6 +29,7 @@ from servekit.core._private.spec import (
     Multiplexing,
     Resources,
     ServiceSpec,
+    parse_options,
 )
 
 if TYPE_CHECKING:
@@ -78,5 +79,6 @@ __all__ = [
     "SpecError",
     "Timeout",
     "import_object",
+    "parse_options",
     "service_handle",
 ]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -265,3 +266,25 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
             return []
         model = nested[0]
     return sorted(model.model_fields)
+
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+def parse_options(
+    model: type[OptionsT], values: Mapping[str, Any] | None, *, prefix: str = ""
+) -> OptionsT:
+    """Validate an adapter's options (string values from a CLI included) against its
+    pydantic model, which should forbid extra keys. The first problem becomes a SpecError
+    naming the option, and for an unknown one the allowed names. Example::
+
+        config = parse_options(TargetConfig, {"max_batch_size": "8"}, prefix="-C ")
+    """
+    try:
+        return model(**dict(values or {}))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = prefix + ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            raise SpecError(key, "unknown key", allowed=sorted(model.model_fields)) from None
+        raise SpecError(key, str(error["msg"]).removeprefix("Value error, ")) from None

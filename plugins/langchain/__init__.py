@@ -50,17 +50,14 @@ def serve_runnable(
 
     Raises SpecError for a bad option and DeployError when the chain fails to build.
     """
-    from servekit.core import Runtime, ServiceSpec, SpecError
+    from servekit.core import Runtime, ServiceSpec
     from servekit.plugins.langchain._servable import ChainOptions
 
     chain = dict(options.pop("options", None) or {})
     chain.update(
         {key: options.pop(key) for key in list(options) if key in ChainOptions.model_fields}
     )
-    try:
-        ChainOptions.parse(chain)
-    except ValueError as exc:
-        raise SpecError("options", str(exc)) from None
+    ChainOptions.parse(chain)  # SpecError before connecting
     options.setdefault("resources", {"num_cpus": 0.5})
     spec = ServiceSpec(name=name, source=f"{SCHEME}:{target}", options=chain, **options)
     return Runtime.connect(address).deploy(spec, wait=wait, timeout_s=timeout_s)

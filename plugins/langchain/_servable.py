@@ -17,8 +17,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from servekit.core import BadRequest, Servable, ServingContext, import_object
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from servekit.core import BadRequest, Servable, ServingContext, import_object, parse_options
 from servekit.plugins.langchain._wire import dumps, error_event, parse_input, sse
 
 logger = logging.getLogger("servekit.langchain")
@@ -61,16 +61,8 @@ class ChainOptions(BaseModel):
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> ChainOptions:
-        try:
-            return cls(**options)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            key = ".".join(str(p) for p in error["loc"])
-            if error["type"] == "extra_forbidden":
-                allowed = ", ".join(sorted(cls.model_fields))
-                raise ValueError(f"unknown option {key!r} (allowed: {allowed})") from None
-            message = str(error["msg"]).removeprefix("Value error, ")
-            raise ValueError(f"option {key!r}: {message}") from None
+        """The options, checked; SpecError names a bad or unknown one."""
+        return parse_options(cls, options, prefix="options.")
 
 
 class RunnableServable(Servable):

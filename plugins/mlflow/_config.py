@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from servekit.core import SpecError
+from pydantic import BaseModel, ConfigDict, Field
+from servekit.core import SpecError, parse_options
 
 
 class TargetConfig(BaseModel):
@@ -35,16 +35,7 @@ class TargetConfig(BaseModel):
 
     @classmethod
     def parse(cls, config: dict[str, Any] | None) -> TargetConfig:
-        try:
-            return cls(**(config or {}))
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            key = ".".join(str(p) for p in error["loc"])
-            if error["type"] == "extra_forbidden":
-                raise SpecError(
-                    f"-C {key}", "unknown key", allowed=sorted(cls.model_fields)
-                ) from None
-            raise SpecError(f"-C {key}", str(error["msg"]).removeprefix("Value error, ")) from None
+        return parse_options(cls, config, prefix="-C ")
 
     def autoscaling(self) -> dict[str, Any] | None:
         keys = ("min_replicas", "max_replicas", "target_ongoing_requests")

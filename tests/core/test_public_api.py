@@ -26,6 +26,7 @@ def test_public_names_are_pinned():
             "SpecError",
             "Timeout",
             "import_object",
+            "parse_options",
             "service_handle",
         ]
     )
