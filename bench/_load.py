@@ -3,6 +3,7 @@ and writing results to bench/results/*.json and a section of docs/benchmarks.md.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import json
@@ -106,6 +107,20 @@ def _median(results: list[dict]) -> dict:
     }
     merged["errors"] = sum(r.get("errors", 0) for r in results)
     return merged
+
+
+def arguments(description: str | None) -> argparse.ArgumentParser:
+    """The options every side-by-side benchmark takes; add your own to the parser."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seconds", type=float, default=10, help="per run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per server")
+    parser.add_argument("--replicas", type=int, default=2, help="one per core by default")
+    return parser
+
+
+def goal_lines(goals: list[tuple[bool, str]]) -> list[str]:
+    """Markdown bullets, one per (met, description) goal."""
+    return ["", *(f"- {text}: {'met' if ok else 'missed'}" for ok, text in goals)]
 
 
 def tool() -> str:

@@ -30,16 +30,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _load
 
 APPS = Path(__file__).parent / "apps"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 BIN = Path(sys.executable).parent
-BODY = json.dumps({"input": {"topic": "cats"}})
+BODY = json.dumps({"input": {"topic": "batching"}})
 
 
 @contextlib.contextmanager
 def langserve(work: Path) -> Iterator[str]:
     port = _load.free_port()
     cmd = [str(BIN / "uvicorn"), "--app-dir", str(APPS), "langserve_app:app"]
+    # langserve_app imports the example chain from examples/.
+    env = {"PYTHONPATH": str(EXAMPLES)}
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    with _load.process(cmd, log=work / "langserve.log"):
+    with _load.process(cmd, env=env, log=work / "langserve.log"):
         yield f"http://127.0.0.1:{port}/joke"
 
 
@@ -56,10 +59,10 @@ def servekit(work: Path, replicas: int) -> Iterator[str]:
     spec = work / "joke.yaml"
     spec.write_text(
         "name: joke\n"
-        "source: langchain:joke_chain:chain\n"
+        "source: langchain:chain:make_chain\n"
         f"replicas: {replicas}\n"
         f"resources: {{num_cpus: {2 / replicas:g}}}\n"
-        f"runtime_env: {{working_dir: {APPS}}}\n"
+        f"runtime_env: {{working_dir: {EXAMPLES}}}\n"
     )
     cli = str(BIN / "servekit")
     try:
@@ -90,7 +93,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
     lines = [
         f"Machine: {_load.machine()}. Load generator: {_load.tool()}, {args.seconds:g} s per "
         f"run, {args.rounds} alternating rounds with both servers up, medians. Chain: "
-        "prompt -> fake chat model -> `StrOutputParser` (bench/apps/joke_chain.py); body "
+        "prompt -> stand-in chat model -> `StrOutputParser` (examples/chain.py); body "
         f"`{BODY}`. LangServe 0.3.3 on uvicorn (one process); servekit: {args.replicas} "
         f"replica(s). First event: 100 sequential `/stream` calls per round. Run: "
         f"`python bench/langchain_host.py`, {time.strftime('%Y-%m-%d')}.",
@@ -111,16 +114,11 @@ def report(results: dict, args: argparse.Namespace) -> str:
         (rps >= 1.5, f"/invoke req/s: **{rps:.1f}x** LangServe's (goal at least 1.5x)"),
         (first <= 1.0, f"first stream event p50: **{first:.2f}x** LangServe's (goal no worse)"),
     ]
-    lines.append("")
-    lines += [f"- {text}: {'met' if ok else 'missed'}" for ok, text in goals]
-    return "\n".join(lines)
+    return "\n".join(lines + _load.goal_lines(goals))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=10, help="per run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per server")
-    parser.add_argument("--replicas", type=int, default=2, help="one per core by default")
+    parser = _load.arguments(__doc__)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-langchain-"))
     with langserve(work) as ls_url, servekit(work, args.replicas) as sk_url:

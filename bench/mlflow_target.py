@@ -146,16 +146,11 @@ def report(results: dict, seconds: float, args) -> str:
         (p99 <= 0.2, f"p99 at 32 connections: **{p99:.2f}x** MLflow's (goal at most 0.2x)"),
         (p50 <= 1.2, f"p50 at 1 connection: **{p50:.2f}x** MLflow's (goal at most 1.2x)"),
     ]
-    lines.append("")
-    lines += [f"- {text}: {'met' if ok else 'missed'}" for ok, text in goals]
-    return "\n".join(lines)
+    return "\n".join(lines + _load.goal_lines(goals))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=10, help="per run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per server")
-    parser.add_argument("--replicas", type=int, default=2, help="one per core by default")
+    parser = _load.arguments(__doc__)
     parser.add_argument("--max-batch-size", type=int, default=32)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-mlflow-"))
