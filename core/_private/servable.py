@@ -62,13 +62,21 @@ class Servable(abc.ABC):
                 # model thread runs it after any chunk it is computing.
                 self._model_thread.submit(close)
 
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Runs once in the replica, on its event loop, before the first ``load``: start
+        what every model shares here (an LLM engine). An exception fails the deploy."""
+
     @abc.abstractmethod
     def load(self, model_id: str) -> Any:
         """Load one model (or version); ``model_id`` is ``""`` when multiplexing is off.
 
         Runs inside the replica: at start-up without multiplexing (an exception fails
-        the deploy), else in a worker thread on a model's first request.
+        the deploy), else on a model's first request. A plain ``def`` runs in a worker
+        thread; an ``async def`` runs on the replica's event loop.
         """
+
+    def unload(self, model: Any) -> None:  # noqa: B027 - optional hook
+        """Free ``model`` when multiplexing evicts it from the replica's LRU (worker thread)."""
 
     @abc.abstractmethod
     async def predict(self, model: Any, batch: list[Any]) -> list[Any]:
@@ -84,6 +92,10 @@ class Servable(abc.ABC):
 
     def check_health(self) -> None:  # noqa: B027 - optional hook
         """Raise if the replica should be restarted; called every health-check period."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the replica holds, for status and tests (e.g. the adapters loaded)."""
+        return {}
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Apply the spec's ``user_config`` live, without a restart."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -79,11 +80,12 @@ class ModelServer:
         self._model: Any = None
         self._load_multiplexed: Any = None
         self._queued_models: dict[str, Any] = {}
+        await self._servable.start()
         if self.spec.multiplexing is not None:
             limit = self.spec.multiplexing.max_models_per_replica
 
-            async def load(model_id: str) -> Any:
-                return await self._load(model_id)
+            async def load(model_id: str) -> _Loaded:
+                return _Loaded(await self._load(model_id), self._servable)
 
             self._load_multiplexed = serve.multiplexed(max_num_models_per_replica=limit)(load)
             default = self.spec.multiplexing.default_model_id
@@ -92,24 +94,24 @@ class ModelServer:
                 # the deploy instead of the first request.
                 await self._load_multiplexed(default)
         else:
-            self._model = self._load_now("")
+            self._model = await self._load("")
 
     # -- model loading ---------------------------------------------------------------
-    def _load_now(self, model_id: str) -> Any:
+    async def _load(self, model_id: str) -> Any:
         started = time.perf_counter()
         logger.info("loading model %r for service %r", model_id or self.spec.target, self.spec.name)
-        model = self._servable.load(model_id)
+        if inspect.iscoroutinefunction(self._servable.load):
+            model = await self._servable.load(model_id)
+        else:
+            loop = asyncio.get_running_loop()
+            model = await loop.run_in_executor(None, self._servable.load, model_id)
         logger.info("loaded model %r in %.2fs", model_id, time.perf_counter() - started)
         return model
-
-    async def _load(self, model_id: str) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self._load_now, model_id)
 
     async def get_model(self, model_id: str) -> Any:
         if self._load_multiplexed is None:
             return self._model
-        return await self._load_multiplexed(model_id)
+        return (await self._load_multiplexed(model_id)).model
 
     def model_id(self, request: Request | None = None) -> str:
         if self.spec.multiplexing is None:
@@ -136,7 +138,7 @@ class ModelServer:
         if self._load_multiplexed is not None:
             # Load (or touch in the LRU) before queueing, so a batch never waits on a load;
             # the batch then uses the model this request saw, without a second lookup.
-            self._queued_models[model_id] = await self._load_multiplexed(model_id)
+            self._queued_models[model_id] = (await self._load_multiplexed(model_id)).model
         return await self._batcher.submit(model_id, item)
 
     async def _run_batch(self, model_id: str, items: list[Any]) -> list[Any]:
@@ -159,6 +161,7 @@ class ModelServer:
             "replica_id": self.replica_id,
             "pid": os.getpid(),
             "batch_sizes": dict(self._batcher.batch_sizes),
+            **self._servable.describe(),
         }
 
     # -- Ray Serve hooks -------------------------------------------------------------
@@ -180,6 +183,24 @@ class ModelServer:
         app.include_router(self._servable.routes(ServingContext(self)))
         _install_error_handlers(app, self._servable)
         return _Ingress(app, self._batcher)
+
+
+class _Loaded:
+    """A model in Serve's multiplexing LRU. Serve calls ``__del__`` when it evicts one,
+    which hands the model to ``Servable.unload`` (once; Python's own ``__del__`` at
+    garbage collection then finds nothing left to do)."""
+
+    def __init__(self, model: Any, servable: Servable) -> None:
+        self.model = model
+        self._servable: Servable | None = servable
+
+    def __del__(self) -> None:
+        servable, self._servable = self._servable, None
+        if servable is not None:
+            try:
+                servable.unload(self.model)
+            except Exception:
+                logger.exception("unloading a model failed")
 
 
 class _Ingress:

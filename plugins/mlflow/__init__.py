@@ -124,7 +124,10 @@ class ServeDeploymentClient(BaseDeploymentClient):
         )
         if reply.status_code != 200:
             raise _error(_error_text(reply), reply.status_code)
-        return PredictionsResponse.from_json(reply.text)
+        answer = json.loads(reply.text)
+        if isinstance(answer, list):  # an LLM's unwrapped answer to {"messages": [...]}
+            answer = {"predictions": answer}
+        return PredictionsResponse(answer)
 
     def predict_stream(self, deployment_name=None, inputs=None, endpoint=None):
         """Yield the chunks of a model's ``predict_stream``. ``inputs`` is a dict such as
@@ -213,7 +216,11 @@ def build_spec(name: str, model_uri: str, config: TargetConfig) -> Any:
         },
         "runtime_env": runtime_env,
     }
-    if default_id is not None:
+    if config.engine == "vllm":
+        # One engine holds one version: the service serves the URI's version only.
+        fields["source"] = f"{SCHEME}:{uri}"
+        fields["options"].update(engine="vllm", engine_args=config.engine_args)
+    elif default_id is not None:
         fields["multiplexing"] = {
             "max_models_per_replica": config.max_models_per_replica,
             "default_model_id": default_id,

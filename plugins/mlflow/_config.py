@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from servekit.core import SpecError, parse_options
 
 
@@ -30,8 +31,24 @@ class TargetConfig(BaseModel):
     env_manager: Literal["local", "virtualenv", "uv"] = Field(
         default="local", description="where the model's requirements come from"
     )
+    engine: Literal["pyfunc", "vllm"] = Field(
+        default="pyfunc", description="vllm: a transformers-flavor LLM served by vLLM"
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="vLLM engine arguments, JSON (engine=vllm)"
+    )
     timeout_s: float = Field(default=600.0, gt=0, description="how long create/update wait")
     blocking: bool = Field(default=True, description="wait until ready (false: return at once)")
+
+    @field_validator("engine_args", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the CLI: -C engine_args='{"max_model_len": 512}'
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("must be a JSON object, e.g. '{\"max_model_len\": 512}'") from None
+        return value
 
     @classmethod
     def parse(cls, config: dict[str, Any] | None) -> TargetConfig:

@@ -10,6 +10,7 @@ bad request never fails its neighbours.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
@@ -19,6 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from servekit.core import BadRequest, Servable, ServingContext
+from servekit.plugins.mlflow._llm import MlflowLLM
 
 logger = logging.getLogger("servekit.mlflow")
 
@@ -35,9 +37,27 @@ def model_uri_for(base: str, model_id: str) -> str:
 
 
 class MlflowServable(Servable):
-    """Loads with ``mlflow.pyfunc.load_model``; speaks ``/invocations``, ``/ping``, ``/version``."""
+    """Loads with ``mlflow.pyfunc.load_model``; speaks ``/invocations``, ``/ping``, ``/version``.
+    With ``engine: vllm`` in its options, a transformers-flavor LLM runs in vLLM instead."""
+
+    def __init__(self, target: str, options: dict[str, Any]) -> None:
+        super().__init__(target, options)
+        self._llm: MlflowLLM | None = None
+        if options.get("engine") == "vllm":
+            uri = model_uri_for(target, "")
+            self._llm = MlflowLLM(uri, options.get("engine_args") or {})
+
+    async def start(self) -> None:
+        if self._llm is not None:
+            await self._llm.start()
+
+    def check_health(self) -> None:
+        if self._llm is not None and self._llm.engine.dead:
+            raise RuntimeError("the vLLM engine has died; Serve replaces this replica")
 
     def load(self, model_id: str) -> Any:
+        if self._llm is not None:
+            return self._llm
         import mlflow.pyfunc
         from mlflow.exceptions import MlflowException
 
@@ -51,6 +71,8 @@ class MlflowServable(Servable):
             raise
 
     async def predict(self, model: Any, batch: list[Any]) -> list[Any]:
+        if isinstance(model, MlflowLLM):
+            return list(await asyncio.gather(*(_llm_predict(model, i) for i in batch)))
         return await self.run_blocking(_predict_batch, model, batch)
 
     async def _stream(
@@ -59,6 +81,8 @@ class MlflowServable(Servable):
         """``"stream": true``: the model's ``predict_stream`` chunks as server-sent events
         (``data: <json>``, then ``data: [DONE]``), the way Databricks endpoints stream."""
         model = await server.model(server.model_id(request))
+        if isinstance(model, MlflowLLM):
+            return StreamingResponse(await model.stream(document), media_type="text/event-stream")
         data, params = _stream_input(document)
         first, chunks = await self.run_blocking(_open_stream, model, data, params)
 
@@ -120,6 +144,15 @@ class MlflowServable(Servable):
         router.add_api_route("/health", ping, methods=["GET"])
         router.add_api_route("/version", version, methods=["GET"])
         return router
+
+
+async def _llm_predict(model: MlflowLLM, item: dict[str, Any]) -> Any:
+    if item["format"] != _JSON:
+        return BadRequest("an LLM takes a JSON body", status_code=415, code="BAD_REQUEST")
+    try:
+        return await model.predict(item["body"])
+    except BadRequest as exc:
+        return exc
 
 
 def _json_or_none(body: bytes) -> Any:
