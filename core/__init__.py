@@ -20,6 +20,7 @@ from servekit.core._private.errors import (
     SpecError,
     Timeout,
 )
+from servekit.core._private.rollout import Analysis, Rollout, RolloutResult, Thresholds, analyze
 from servekit.core._private.servable import Servable
 from servekit.core._private.sources import import_object
 from servekit.core._private.spec import (
@@ -60,6 +61,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "MODEL_ID_HEADER",
+    "Analysis",
     "Autoscaling",
     "BadRequest",
     "Batching",
@@ -70,6 +72,8 @@ __all__ = [
     "Multiplexing",
     "NotFound",
     "Resources",
+    "Rollout",
+    "RolloutResult",
     "Runtime",
     "Servable",
     "ServekitError",
@@ -77,7 +81,9 @@ __all__ = [
     "ServiceStatus",
     "ServingContext",
     "SpecError",
+    "Thresholds",
     "Timeout",
+    "analyze",
     "import_object",
     "parse_options",
     "service_handle",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import tempfile
@@ -17,6 +18,7 @@ from servekit.core._private.errors import (
     DeployError,
     NotFound,
     ServekitError,
+    SpecError,
     Timeout,
 )
 from servekit.core._private.server import DEPLOYMENT_NAME, build_application
@@ -158,6 +160,8 @@ class Runtime:
         replica's own error, and leaves nothing half-deployed: a new service is deleted,
         an updated one is put back to its previous spec.
         """
+        if spec.name in self.endpoints():
+            raise SpecError("name", f"{spec.name!r} is an endpoint; name the service apart")
         existed = spec.name in self._apps()
         previous = self._current_spec(spec.name) if existed else None
         say = progress or (lambda message: logger.info(message))
@@ -288,6 +292,98 @@ class Runtime:
                 raise NotFound(f"no service named {name!r}") from None
             cause, _ = _root_cause(str(exc))
             raise ServekitError(f"{name!r} failed on this input: {cause}") from None
+
+    # -- endpoints: one route in front of several services ----------------------------
+    def route(
+        self,
+        endpoint: str,
+        weights: dict[str, float],
+        *,
+        sticky_header: str | None = None,
+        shadow: str | None = None,
+        route_prefix: str | None = None,
+        timeout_s: float = 120.0,
+    ) -> dict[str, Any]:
+        """Create or update endpoint ``endpoint`` (served at ``/<endpoint>``) splitting its
+        requests between services by ``weights`` (e.g. ``{"iris-v1": 90, "iris-v2": 10}``).
+        A weight change is applied live: nothing restarts, no request is dropped.
+        ``sticky_header`` sends every request with the same header value to the same
+        service; ``shadow`` names a service that gets a copy of each request (its answers
+        are dropped, its metrics kept). Returns the endpoint's traffic. Raises SpecError for
+        bad weights or a name clash, NotFound for a service that does not exist."""
+        from pydantic import ValidationError
+        from ray import serve
+        from servekit.core._private.router import Traffic, build_router
+
+        try:
+            traffic = Traffic(weights=weights, sticky_header=sticky_header, shadow=shadow)
+        except ValidationError as exc:
+            raise SpecError("weights", exc.errors()[0]["msg"]) from None
+        services = self._apps()
+        if endpoint in services:
+            raise SpecError("endpoint", f"{endpoint!r} is a service; name the endpoint apart")
+        for name in [*traffic.weights, *([shadow] if shadow else [])]:
+            if name not in services:
+                raise NotFound(f"endpoint {endpoint!r} names {name!r}, which is not a service")
+        existed = endpoint in self.endpoints()
+        prefix = route_prefix or self._endpoint_prefix(endpoint) or f"/{endpoint}"
+        target = serve.RunTarget(
+            target=build_router(endpoint, traffic, prefix), name=endpoint, route_prefix=prefix
+        )
+        serve.run_many([target], wait_for_applications_running=False)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            app = serve.status().applications.get(endpoint)
+            state = str(getattr(app.status, "value", app.status)) if app else "MISSING"
+            if state == "RUNNING" and self.traffic(endpoint) == traffic.percentages():
+                return self.traffic(endpoint)
+            if state in _FAILED:
+                cause, details = _root_cause(app.message if app else "")
+                if not existed:  # leave nothing half-made
+                    serve.delete(endpoint, _blocking=True)
+                raise DeployError(endpoint, cause, details)
+            if time.monotonic() > deadline:
+                raise Timeout(f"endpoint {endpoint!r} was not running after {timeout_s:g}s")
+            time.sleep(0.2)
+
+    def traffic(self, endpoint: str) -> dict[str, float]:
+        """The endpoint's current split, in percent: ``{"iris-v1": 90.0, "iris-v2": 10.0}``."""
+        return dict(self.endpoint_stats(endpoint, 0.0)["traffic"])
+
+    def endpoint_stats(self, endpoint: str, window_s: float = 60.0) -> dict[str, Any]:
+        """Per service behind the endpoint, over the last ``window_s`` seconds: requests,
+        errors, error_rate, p50_ms, p99_ms; and the traffic split. Raises NotFound."""
+        return self._router(endpoint).stats.remote(window_s).result(timeout_s=30)  # type: ignore[no-any-return]
+
+    def endpoints(self) -> builtins.list[str]:
+        """The names of the endpoints on the cluster."""
+        from ray import serve
+        from servekit.core._private.router import ROUTER_NAME
+
+        apps = serve.status().applications
+        return sorted(name for name, app in apps.items() if ROUTER_NAME in app.deployments)
+
+    def delete_endpoint(self, endpoint: str) -> None:
+        """Delete an endpoint (the services behind it stay). Raises NotFound."""
+        from ray import serve
+
+        if endpoint not in self.endpoints():
+            raise NotFound(f"no endpoint named {endpoint!r}")
+        serve.delete(endpoint, _blocking=True)
+
+    def _router(self, endpoint: str) -> Any:
+        from ray import serve
+        from servekit.core._private.router import ROUTER_NAME
+
+        if endpoint not in self.endpoints():
+            raise NotFound(f"no endpoint named {endpoint!r}")
+        return serve.get_deployment_handle(ROUTER_NAME, app_name=endpoint)
+
+    def _endpoint_prefix(self, endpoint: str) -> str | None:
+        from ray import serve
+
+        app = serve.status().applications.get(endpoint)
+        return getattr(app, "route_prefix", None) if app else None
 
     def describe(self) -> dict[str, Any]:
         """The cluster: address, HTTP URL, ingress (haproxy or python), embedded or not."""

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,7 +34,7 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "N
 # hop from the HTTP loop to a separate user-code thread halve a replica's req/s.
 # ModelServer never blocks its loop (model code runs in Servable.run_blocking),
 # so the user-code thread buys nothing here.
-_REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 # A user factory that raises is not worth 20 retries: fail the deploy fast.
 _CONSTRUCTOR_RETRIES = 2
 
@@ -77,6 +77,7 @@ class ModelServer:
         )
         batching = self.spec.batching
         self._batcher = Batcher(self._run_batch, batching.max_batch_size, batching.max_wait_ms)
+        self._asgi: Any = None
         self._model: Any = None
         self._load_multiplexed: Any = None
         self._queued_models: dict[str, Any] = {}
@@ -178,11 +179,60 @@ class ModelServer:
         self._servable.check_health()
 
     def __serve_build_asgi_app__(self) -> Any:
-        app = FastAPI(title=f"servekit: {self.spec.name}", docs_url=None, redoc_url=None)
-        app.state.servekit = self
-        app.include_router(self._servable.routes(ServingContext(self)))
-        _install_error_handlers(app, self._servable)
-        return _Ingress(app, self._batcher)
+        if self._asgi is None:
+            app = FastAPI(title=f"servekit: {self.spec.name}", docs_url=None, redoc_url=None)
+            app.state.servekit = self
+            app.include_router(self._servable.routes(ServingContext(self)))
+            _install_error_handlers(app, self._servable)
+            self._asgi = _Ingress(app, self._batcher)
+        return self._asgi
+
+    async def http(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Serve one HTTP request that arrived elsewhere (a Router) through this replica's
+        routes, yielding its ASGI messages: the response start, then its body chunks.
+        ``request`` holds ``method``, ``path`` (under the service), ``query_string``,
+        ``headers`` (a list of byte pairs) and ``body``. Call with ``stream=True``."""
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "scheme": "http",
+            "method": request["method"],
+            "path": request["path"],
+            "raw_path": request["path"].encode(),
+            "root_path": "",
+            "query_string": request.get("query_string", b""),
+            "headers": request.get("headers", []),
+            "client": None,
+            "server": None,
+        }
+        sent = asyncio.Event()
+        messages: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def receive() -> dict[str, Any]:
+            if not sent.is_set():
+                sent.set()
+                body = request.get("body", b"")
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()  # no disconnect: the caller cancels us instead
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            await messages.put(message)
+
+        async def run() -> None:
+            try:
+                await self.__serve_build_asgi_app__()(scope, receive, send)
+            finally:
+                await messages.put(None)
+
+        task = asyncio.create_task(run())
+        try:
+            while (message := await messages.get()) is not None:
+                yield message
+            await task  # re-raise what the app raised
+        finally:
+            task.cancel()
 
 
 class _Loaded:
@@ -275,7 +325,7 @@ def build_application(
     if prepare_env is not None:
         runtime_env = prepare_env(runtime_env)
     env_vars = {name: threads for name in _THREAD_VARS}
-    env_vars.update(_REPLICA_ENV)
+    env_vars.update(REPLICA_ENV)
     env_vars.update(runtime_env.get("env_vars") or {})
     runtime_env["env_vars"] = env_vars
     actor_options: dict[str, Any] = {

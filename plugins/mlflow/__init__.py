@@ -109,6 +109,41 @@ class ServeDeploymentClient(BaseDeploymentClient):
             raise _error(f"{name!r} is a servekit service but not an MLflow deployment")
         return _describe(spec, status)
 
+    # -- endpoints: one route, traffic split between deployments -----------------------
+    def create_endpoint(self, name, config=None):
+        """Route ``/<name>`` to deployments by weight. ``config``: ``{"deployments":
+        {"iris-v1": 90, "iris-v2": 10}}`` (or a list of ``{"name", "weight"}``), optional
+        ``sticky_header`` and ``shadow``. Weights change live with ``update_endpoint``."""
+        runtime = self._connect()
+        if name in runtime.endpoints():
+            raise _error(f"endpoint {name!r} already exists; use update_endpoint to change it")
+        return self._route(runtime, name, config)
+
+    def update_endpoint(self, endpoint, config=None):
+        runtime = self._connect()
+        if endpoint not in runtime.endpoints():
+            raise _error(f"no endpoint named {endpoint!r}", 404)
+        return self._route(runtime, endpoint, config)
+
+    def delete_endpoint(self, endpoint):
+        _call(self._connect().delete_endpoint, endpoint)
+
+    def list_endpoints(self):
+        runtime = self._connect()
+        return [_endpoint(runtime, name) for name in runtime.endpoints()]
+
+    def get_endpoint(self, endpoint):
+        runtime = self._connect()
+        if endpoint not in runtime.endpoints():
+            raise _error(f"no endpoint named {endpoint!r}", 404)
+        return _endpoint(runtime, endpoint)
+
+    def _route(self, runtime: Any, endpoint: str, config: Any) -> dict[str, Any]:
+        weights, options = _endpoint_config(config)
+        with _clean_errors():
+            runtime.route(endpoint, weights, **options)
+        return _endpoint(runtime, endpoint)
+
     # -- predictions ------------------------------------------------------------------
     def predict(self, deployment_name=None, inputs=None, endpoint=None):
         import httpx
@@ -290,6 +325,47 @@ def _requirements_env(uri: str, manager: str) -> dict[str, Any]:
         requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split("\n")
     packages = [r.strip() for r in requirements if r.strip() and not r.startswith("#")]
     return {"pip": packages} if manager == "virtualenv" else {"uv": packages}
+
+
+def _endpoint_config(config: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    """An endpoint's config (from Python, or CLI strings holding JSON) -> weights, options."""
+    config = dict(config or {})
+    unknown = sorted(set(config) - {"deployments", "sticky_header", "shadow"})
+    if unknown:
+        raise _error(
+            f"endpoint config: unknown key {unknown[0]!r} "
+            "(allowed: deployments, sticky_header, shadow)"
+        )
+    deployments = config.get("deployments")
+    if isinstance(deployments, str):
+        try:
+            deployments = json.loads(deployments)
+        except ValueError:
+            raise _error("endpoint config: deployments must be JSON") from None
+    if isinstance(deployments, list):
+        pairs = [d for d in deployments if isinstance(d, dict)]
+        deployments = {d.get("name"): d.get("weight", 0) for d in pairs}
+    if not isinstance(deployments, dict) or not deployments:
+        raise _error(
+            "endpoint config: 'deployments' must name deployments and weights, "
+            'e.g. {"iris-v1": 90, "iris-v2": 10}'
+        )
+    try:
+        weights = {str(name): float(weight) for name, weight in deployments.items()}
+    except (TypeError, ValueError):
+        raise _error("endpoint config: every weight must be a number") from None
+    options = {k: config[k] for k in ("sticky_header", "shadow") if config.get(k)}
+    return weights, options
+
+
+def _endpoint(runtime: Any, name: str) -> dict[str, Any]:
+    traffic = _call(runtime.traffic, name)
+    return {
+        "name": name,
+        "url": f"{runtime.http_url}/{name}",
+        "traffic": traffic,
+        "deployments": [{"name": k, "weight": v} for k, v in traffic.items()],
+    }
 
 
 def _describe(spec: Any, status: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ def test_public_names_are_pinned():
     assert sorted(servekit.core.__all__) == sorted(
         [
             "MODEL_ID_HEADER",
+            "Analysis",
             "Autoscaling",
             "BadRequest",
             "Batching",
@@ -17,6 +18,8 @@ def test_public_names_are_pinned():
             "Multiplexing",
             "NotFound",
             "Resources",
+            "Rollout",
+            "RolloutResult",
             "Runtime",
             "Servable",
             "ServekitError",
@@ -24,7 +27,9 @@ def test_public_names_are_pinned():
             "ServiceStatus",
             "ServingContext",
             "SpecError",
+            "Thresholds",
             "Timeout",
+            "analyze",
             "import_object",
             "parse_options",
             "service_handle",

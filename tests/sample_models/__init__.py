@@ -69,6 +69,16 @@ class Fragile:
             raise RuntimeError("model state is corrupt")
 
 
+class Failing:
+    """A model version that answers every request with an error (a bad release)."""
+
+    def __init__(self, greeting: str = "failing") -> None:
+        self.greeting = greeting
+
+    def predict(self, batch: list) -> list:
+        raise RuntimeError(f"{self.greeting}: this release is broken")
+
+
 class Broken:
     """A factory that fails the way a missing weights file does."""
 

@@ -293,3 +293,37 @@ def test_get_and_delete_of_unknown_deployment(registry):
     result = cli("get", "-t", "serve", "--name", "ghost")
     assert result.returncode != 0
     assert "no service named 'ghost'" in result.stdout + result.stderr
+
+
+def test_endpoints_split_traffic_between_deployments(iris, registry, runtime):
+    from mlflow.deployments import get_deploy_client
+    from mlflow.exceptions import MlflowException
+
+    client = get_deploy_client("serve")
+    client.create_deployment("iris-two", "models:/iris/2", config={"num_cpus": "0.25"})
+    try:
+        created = client.create_endpoint(
+            "iris-ep", config={"deployments": {"iris": 50, "iris-two": 50}}
+        )
+        assert created["traffic"] == {"iris": 50.0, "iris-two": 50.0}
+        body = {"dataframe_split": frame(registry)}
+        answers = {
+            tuple(
+                httpx.post(created["url"] + "/invocations", json=body, timeout=60).json()[
+                    "predictions"
+                ]
+            )
+            for _ in range(30)
+        }
+        assert answers == {tuple(registry["expected_v1"]), (2,) * 5}  # both versions answered
+        client.update_endpoint("iris-ep", config={"deployments": '{"iris-two": 100}'})
+        assert client.get_endpoint("iris-ep")["traffic"] == {"iris-two": 100.0}
+        assert [e["name"] for e in client.list_endpoints()] == ["iris-ep"]
+        with pytest.raises(MlflowException, match="deployments"):
+            client.update_endpoint("iris-ep", config={"deployments": {}})
+        with pytest.raises(MlflowException, match="nope"):
+            client.update_endpoint("iris-ep", config={"deployments": {"nope": 1}})
+    finally:
+        client.delete_endpoint("iris-ep")
+        client.delete_deployment("iris-two")
+    assert client.list_endpoints() == []
