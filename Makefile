@@ -67,6 +67,7 @@ bench: install
 	$(BIN)/python bench/ingress.py
 	$(BIN)/python bench/mlflow_target.py
 	$(BIN)/python bench/langchain_host.py
+	$(BIN)/python bench/router.py
 	$(if $(LLM_EXTRA),$(BIN)/python bench/llm.py)
 
 docs: install

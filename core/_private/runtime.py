@@ -325,6 +325,7 @@ class Runtime:
         for name in [*traffic.weights, *([shadow] if shadow else [])]:
             if name not in services:
                 raise NotFound(f"endpoint {endpoint!r} names {name!r}, which is not a service")
+            traffic.urls[name] = self.url(name)
         existed = endpoint in self.endpoints()
         prefix = route_prefix or self._endpoint_prefix(endpoint) or f"/{endpoint}"
         target = serve.RunTarget(

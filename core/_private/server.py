@@ -192,6 +192,15 @@ class ModelServer:
         routes, yielding its ASGI messages: the response start, then its body chunks.
         ``request`` holds ``method``, ``path`` (under the service), ``query_string``,
         ``headers`` (a list of byte pairs) and ``body``. Call with ``stream=True``."""
+        async for message in self._serve_http(request):
+            yield message
+
+    async def http_unary(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """``http`` in one round trip: every ASGI message of the answer, as a list. Each
+        item a streaming handle yields costs a Ray object; a plain answer needs none."""
+        return [message async for message in self._serve_http(request)]
+
+    async def _serve_http(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},

@@ -41,17 +41,17 @@ class Words(mlflow.pyfunc.PythonModel):
             yield {"word": word.upper() if (params or {}).get("upper") else word}
 
 
-class Unidecoded(mlflow.pyfunc.PythonModel):
-    """Needs ``text-unidecode``, which the test environment does not have: it loads only
+class Romanized(mlflow.pyfunc.PythonModel):
+    """Needs ``roman``, which nothing in the test environment depends on: it loads only
     where the model's own requirements were installed."""
 
     def load_context(self, context):
-        import text_unidecode
+        import roman
 
-        self.unidecode = text_unidecode.unidecode
+        self.to_roman = roman.toRoman
 
     def predict(self, context, model_input):
-        return [self.unidecode(str(text)) for text in model_input["text"]]
+        return [self.to_roman(int(n)) for n in model_input["n"]]
 
 
 @pytest.fixture(scope="session")
@@ -112,12 +112,12 @@ def registry(tmp_path_factory, cluster):
     with mlflow.start_run(experiment_id=experiment):
         mlflow.pyfunc.log_model(
             name="model",
-            python_model=Unidecoded(),
-            registered_model_name="unidecoded",
+            python_model=Romanized(),
+            registered_model_name="romanized",
             pip_requirements=[
                 f"mlflow=={mlflow.__version__}",
                 f"cloudpickle=={cloudpickle.__version__}",
-                "text-unidecode==1.3",
+                "roman==5.2",
             ],
         )
     return {

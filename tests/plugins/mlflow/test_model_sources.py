@@ -89,6 +89,19 @@ def test_stream_is_server_sent_events_over_plain_http(words, runtime):
     assert lines == ['data: {"word": "one"}', 'data: {"word": "two"}', "data: [DONE]"]
 
 
+def test_a_stream_passes_through_an_endpoint_event_by_event(words, runtime):
+    runtime.route("words-ep", {"words": 100})
+    try:
+        body = {"inputs": "one two", "stream": True}
+        url = f"{runtime.http_url}/words-ep/invocations"
+        with httpx.stream("POST", url, json=body, timeout=60) as reply:
+            assert reply.headers["content-type"].startswith("text/event-stream")
+            lines = [line for line in reply.iter_lines() if line]
+        assert lines == ['data: {"word": "one"}', 'data: {"word": "two"}', "data: [DONE]"]
+    finally:
+        runtime.delete_endpoint("words-ep")
+
+
 def test_a_failure_midway_ends_the_stream_with_the_error(words, runtime):
     got = []
     with pytest.raises(MlflowException, match="boom is not a word"):
@@ -138,7 +151,7 @@ def test_run_local_serves_until_ctrl_c_then_removes_the_deployment(registry, run
 
 @pytest.mark.parametrize("manager", ["virtualenv", "uv"])
 def test_env_manager_installs_the_models_requirements(registry, runtime, manager):
-    name = f"unidecoded-{manager}"
+    name = f"romanized-{manager}"
     created = cli(
         "create",
         "-t",
@@ -146,7 +159,7 @@ def test_env_manager_installs_the_models_requirements(registry, runtime, manager
         "--name",
         name,
         "-m",
-        "models:/unidecoded/1",
+        "models:/romanized/1",
         "-C",
         "num_cpus=0.25",
         "-C",
@@ -156,10 +169,10 @@ def test_env_manager_installs_the_models_requirements(registry, runtime, manager
         assert created.returncode == 0, created.stderr
         reply = httpx.post(
             runtime.url(name) + "/invocations",
-            json={"dataframe_records": [{"text": "Ĺőŕéḿ"}]},
+            json={"dataframe_records": [{"n": 1994}]},
             timeout=60,
         )
-        assert reply.json() == {"predictions": ["Lorem"]}
+        assert reply.json() == {"predictions": ["MCMXCIV"]}
     finally:
         cli("delete", "-t", "serve", "--name", name)
 
@@ -170,12 +183,12 @@ def test_env_manager_local_uses_the_clusters_packages(registry, runtime):
         "-t",
         "serve",
         "--name",
-        "unidecoded-local",
+        "romanized-local",
         "-m",
-        "models:/unidecoded/1",
+        "models:/romanized/1",
         "-C",
         "num_cpus=0.25",
     )
     assert created.returncode != 0
-    assert "text_unidecode" in created.stdout + created.stderr
-    assert "unidecoded-local" not in [s.name for s in runtime.list()]
+    assert "No module named 'roman'" in created.stdout + created.stderr
+    assert "romanized-local" not in [s.name for s in runtime.list()]

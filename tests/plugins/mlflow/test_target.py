@@ -295,17 +295,19 @@ def test_get_and_delete_of_unknown_deployment(registry):
     assert "no service named 'ghost'" in result.stdout + result.stderr
 
 
-def test_endpoints_split_traffic_between_deployments(iris, registry, runtime):
+def test_endpoints_split_traffic_between_deployments(registry, runtime):
     from mlflow.deployments import get_deploy_client
     from mlflow.exceptions import MlflowException
 
     client = get_deploy_client("serve")
+    # Their own deployments: other tests move the module's "iris" between versions.
+    client.create_deployment("iris-one", "models:/iris/1", config={"num_cpus": "0.25"})
     client.create_deployment("iris-two", "models:/iris/2", config={"num_cpus": "0.25"})
     try:
         created = client.create_endpoint(
-            "iris-ep", config={"deployments": {"iris": 50, "iris-two": 50}}
+            "iris-ep", config={"deployments": {"iris-one": 50, "iris-two": 50}}
         )
-        assert created["traffic"] == {"iris": 50.0, "iris-two": 50.0}
+        assert created["traffic"] == {"iris-one": 50.0, "iris-two": 50.0}
         body = {"dataframe_split": frame(registry)}
         answers = {
             tuple(
@@ -325,5 +327,6 @@ def test_endpoints_split_traffic_between_deployments(iris, registry, runtime):
             client.update_endpoint("iris-ep", config={"deployments": {"nope": 1}})
     finally:
         client.delete_endpoint("iris-ep")
+        client.delete_deployment("iris-one")
         client.delete_deployment("iris-two")
     assert client.list_endpoints() == []

@@ -122,7 +122,7 @@ def test_a_failing_candidate_is_rolled_back_within_one_analysis_interval(runtime
             steps=[10, 50, 100],
             candidate="ro-bad",
             spec=SPEC,
-            **{**FAST, "pause_s": 60.0},
+            **{**FAST, "pause_s": 60.0, "thresholds": {"min_requests": 2}},
         )
     result = caught.value.result  # the run failed, so that Prefect's alerts fire
     assert result["decision"] == "rolled_back"
@@ -130,9 +130,13 @@ def test_a_failing_candidate_is_rolled_back_within_one_analysis_interval(runtime
     assert runtime.traffic(ENDPOINT) == {STABLE: 100.0}
     steps = result["steps"]
     started = next(s["at"] for s in steps if s["action"] == "set weight")
+    caught_at = next(s["at"] for s in steps if s["outcome"] == "failed")
     rolled_back = next(s["at"] for s in steps if s["action"] == "rolled back")
     assert [s["weight"] for s in steps if s["action"] == "set weight"] == [10]
-    assert rolled_back - started <= FAST["interval_s"] + 3.0  # the first analysis caught it
+    # The first analysis, one interval after the candidate got traffic, caught it (the
+    # slack is Prefect's task-run overhead on 2 busy cores); the rollback came right after.
+    assert caught_at - started <= FAST["interval_s"] + 3.0
+    assert rolled_back - caught_at <= 5.0
     failed, total = load.failures(started, rolled_back + 1.0)
     assert failed > 0 and failed <= 0.3 * total  # about the candidate's 10% share
     assert load.failures(rolled_back + 2.0)[0] == 0  # the stable version answers again
