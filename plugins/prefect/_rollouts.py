@@ -165,34 +165,22 @@ def canary_rollout(
     artifact of every step; returns the RolloutResult as a dict. A rollback deletes the
     candidate (unless ``keep_failed``) and fails the run with ``RolledBack``.
     """
-    logger = get_run_logger()
-    runtime = _runtime(address)
-    model_uri, version = _pin_alias(model_uri)
-    if promote_alias and version is None:
-        raise ValueError(
-            f"promote_alias needs a registered model version (models:/name/N or "
-            f"models:/name@alias), not {model_uri!r}"
-        )
-    name = candidate or _candidate_name(service, model_uri)
-    deploy_service(_spec_for(name, model_uri, spec), address=address)
-    stable = _stable_of(runtime, service)
-    limits = Thresholds(**(thresholds or {}))
-    rollout = _TaskRollout(
-        runtime,
+    rollout, version, model_uri = _prepare(
         service,
-        stable=stable,
-        candidate=name,
-        thresholds=limits,
-        window_s=window_s,
-        interval_s=interval_s,
-        say=logger.info,
+        model_uri,
+        candidate,
+        spec,
+        promote_alias,
+        thresholds,
+        window_s,
+        interval_s,
+        address,
     )
-    rollout.address = address
-    if stable is None or stable == name:  # the endpoint's first version: nothing to compare
+    if rollout.stable in (None, rollout.candidate):  # a new endpoint: nothing to compare
         result = rollout.promote()
     else:
         result = rollout.canary(list(steps), pause_s=pause_s)
-    return _finish(result, runtime, version, model_uri, promote_alias, retire_stable, keep_failed)
+    return _finish(result, rollout, version, model_uri, promote_alias, retire_stable, keep_failed)
 
 
 @flow(name="blue_green_rollout", log_prints=True)
@@ -215,8 +203,41 @@ def blue_green_rollout(
     """Deploy ``model_uri`` beside the live service (green beside blue), smoke-test it
     directly, switch all of ``service``'s traffic at once, watch it for ``pause_s`` and
     switch back on a failed analysis. Parameters as for ``canary_rollout``."""
-    logger = get_run_logger()
-    runtime = _runtime(address)
+    rollout, version, model_uri = _prepare(
+        service,
+        model_uri,
+        candidate,
+        spec,
+        promote_alias,
+        thresholds,
+        window_s,
+        interval_s,
+        address,
+    )
+
+    def check(url: str) -> None:
+        smoke_test(rollout.candidate, smoke_body, path=smoke_path, address=address)
+
+    if rollout.stable in (None, rollout.candidate):  # a new endpoint: nothing to switch from
+        result = rollout.promote()
+    else:
+        result = rollout.blue_green(check, pause_s=pause_s)
+    return _finish(result, rollout, version, model_uri, promote_alias, retire_stable, keep_failed)
+
+
+def _prepare(
+    service: str,
+    model_uri: str,
+    candidate: str | None,
+    spec: dict[str, Any] | None,
+    promote_alias: str | None,
+    thresholds: dict[str, Any] | None,
+    window_s: float,
+    interval_s: float,
+    address: str | None,
+) -> tuple[_TaskRollout, str | None, str]:
+    """What both flows do first: pin the MLflow alias, deploy the candidate, find the
+    stable service. Returns the rollout, the pinned version and the pinned URI."""
     model_uri, version = _pin_alias(model_uri)
     if promote_alias and version is None:
         raise ValueError(
@@ -225,32 +246,24 @@ def blue_green_rollout(
         )
     name = candidate or _candidate_name(service, model_uri)
     deploy_service(_spec_for(name, model_uri, spec), address=address)
-    stable = _stable_of(runtime, service)
+    runtime = _runtime(address)
     rollout = _TaskRollout(
         runtime,
         service,
-        stable=stable,
+        stable=_stable_of(runtime, service),
         candidate=name,
         thresholds=Thresholds(**(thresholds or {})),
         window_s=window_s,
         interval_s=interval_s,
-        say=logger.info,
+        say=get_run_logger().info,
     )
     rollout.address = address
-
-    def check(url: str) -> None:
-        smoke_test(name, smoke_body, path=smoke_path, address=address)
-
-    if stable is None or stable == name:  # a new endpoint: nothing to switch from
-        result = rollout.promote()
-    else:
-        result = rollout.blue_green(check, pause_s=pause_s)
-    return _finish(result, runtime, version, model_uri, promote_alias, retire_stable, keep_failed)
+    return rollout, version, model_uri
 
 
 def _finish(
     result: RolloutResult,
-    runtime: Any,
+    rollout: Rollout,
     version: str | None,
     model_uri: str,
     promote_alias: str | None,
@@ -258,6 +271,7 @@ def _finish(
     keep_failed: bool,
 ) -> dict[str, Any]:
     logger = get_run_logger()
+    runtime = rollout.runtime
     create_table_artifact(
         key=_artifact_key(result.endpoint),
         table=result.table(),
