@@ -266,3 +266,19 @@ def write_section(name: str, title: str, markdown: str, data: dict) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     DOC.write_text(text)
+
+
+def load_table(first: str, rows: list[tuple[str, dict]]) -> list[str]:
+    """Markdown rows of 1- and 32-connection results, one per (label, result)."""
+    lines = [
+        f"| {first} | req/s (1 conn) | p50 ms (1 conn) | req/s (32 conn) | p50 ms | p99 ms "
+        "| errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, r in rows:
+        lines.append(
+            f"| {label} | {r['c1']['rps']:,.0f} | {r['c1']['p50_ms']:.2f} "
+            f"| {r['c32']['rps']:,.0f} | {r['c32']['p50_ms']:.2f} | {r['c32']['p99_ms']:.2f} "
+            f"| {r['c1']['errors'] + r['c32']['errors']} |"
+        )
+    return lines

@@ -68,15 +68,8 @@ def report(results: dict, args: argparse.Namespace) -> str:
         "route and through endpoint `ep` routing 100% to it. Run: `python bench/router.py`, "
         f"{time.strftime('%Y-%m-%d')}.",
         "",
-        "| path | req/s (1 conn) | p50 ms (1 conn) | req/s (32 conn) | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        *_load.load_table("path", [("direct", direct), ("through the endpoint", routed)]),
     ]
-    for label, r in (("direct", direct), ("through the endpoint", routed)):
-        lines.append(
-            f"| {label} | {r['c1']['rps']:,.0f} | {r['c1']['p50_ms']:.2f} "
-            f"| {r['c32']['rps']:,.0f} | {r['c32']['p50_ms']:.2f} | {r['c32']['p99_ms']:.2f} "
-            f"| {r['c1']['errors'] + r['c32']['errors']} |"
-        )
     added = routed["c1"]["p50_ms"] - direct["c1"]["p50_ms"]
     share = routed["c32"]["rps"] / direct["c32"]["rps"]
     lines += [

@@ -36,6 +36,7 @@ from servekit.core._private.spec import (
 if TYPE_CHECKING:
     from servekit.core._private.runtime import Runtime, ServiceStatus, service_handle
     from servekit.core._private.server import MODEL_ID_HEADER, ModelServer, ServingContext
+    from servekit.core._private.telemetry import ReplicaMetrics, replica_metrics
 
 # These pull in Ray and FastAPI; importing servekit.core (an MLflow plugin entry point,
 # a spec check) stays cheap until one of them is used.
@@ -46,6 +47,8 @@ _LAZY = {
     "MODEL_ID_HEADER": "servekit.core._private.server",
     "ModelServer": "servekit.core._private.server",
     "ServingContext": "servekit.core._private.server",
+    "ReplicaMetrics": "servekit.core._private.telemetry",
+    "replica_metrics": "servekit.core._private.telemetry",
 }
 
 
@@ -71,6 +74,7 @@ __all__ = [
     "ModelServer",
     "Multiplexing",
     "NotFound",
+    "ReplicaMetrics",
     "Resources",
     "Rollout",
     "RolloutResult",
@@ -86,5 +90,6 @@ __all__ = [
     "analyze",
     "import_object",
     "parse_options",
+    "replica_metrics",
     "service_handle",
 ]

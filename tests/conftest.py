@@ -76,3 +76,24 @@ def sample_spec():
         )
 
     return build
+
+
+@pytest.fixture(scope="session")
+def otlp_receiver():
+    """An OTLP/HTTP receiver the replicas export their spans to."""
+    from tests.plugins.otel.receiver import Receiver
+
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def tracing_env(otlp_receiver) -> dict[str, str]:
+    """Set while deploying, these make a service's replicas trace every request to the
+    receiver (servekit passes OTEL_* on), exporting within 0.1 s, pushing metrics each 1 s."""
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "SERVEKIT_METRICS_PUSH_S": "1",
+    }

@@ -17,6 +17,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import SpanContext
+from servekit.core._private import telemetry
+
 RunBatch = Callable[[str, list[Any]], Awaitable[list[Any]]]
 
 
@@ -32,7 +35,7 @@ _arrival: contextvars.ContextVar[_Arrival | None] = contextvars.ContextVar(
 
 @dataclass
 class _Lane:
-    queue: collections.deque[tuple[Any, asyncio.Future[Any]]] = field(
+    queue: collections.deque[tuple[Any, asyncio.Future[Any], SpanContext | None]] = field(
         default_factory=collections.deque
     )
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -69,7 +72,11 @@ class Batcher:
         if self.max_batch_size == 1 and model_id not in self._lanes:
             # Batching off: no queue, no task; async models also run concurrently.
             self.batch_sizes[1] += 1
-            (result,) = await self._run_batch(model_id, [item])
+            context = telemetry.current_context()
+            attributes = {"servekit.batch.size": 1, "servekit.model_id": model_id}
+            links = [context] if context else None
+            with telemetry.span("servekit.batch", attributes, links=links):
+                (result,) = await self._run_batch(model_id, [item])
             if isinstance(result, BaseException):
                 raise result
             return result
@@ -77,7 +84,7 @@ class Batcher:
         if lane is None:
             lane = self._lanes[model_id] = _Lane()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        lane.queue.append((item, future))
+        lane.queue.append((item, future, telemetry.current_context()))
         lane.wakeup.set()
         if not lane.running:
             lane.running = True
@@ -111,22 +118,30 @@ class Batcher:
             except asyncio.TimeoutError:
                 return
 
-    async def _run(self, model_id: str, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
-        items = [item for item, _ in batch]
+    async def _run(
+        self, model_id: str, batch: list[tuple[Any, asyncio.Future[Any], SpanContext | None]]
+    ) -> None:
+        items = [item for item, _, _ in batch]
+        # One span per batch: a child of its first request (the way Ray Serve's own
+        # @serve.batch traces), linked to every request whose input it computed.
+        traced = [context for _, _, context in batch if context is not None]
+        attributes = {"servekit.batch.size": len(items), "servekit.model_id": model_id}
         try:
-            results = await self._run_batch(model_id, items)
+            parent = traced[0] if traced else None
+            with telemetry.span("servekit.batch", attributes, parent=parent, links=traced):
+                results = await self._run_batch(model_id, items)
             if len(results) != len(items):
                 raise RuntimeError(
                     f"the model returned {len(results)} outputs for a batch of {len(items)} inputs"
                 )
         except BaseException as exc:  # every caller gets the batch's failure
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, future, _), result in zip(batch, results, strict=True):
             if future.done():
                 continue
             if isinstance(result, BaseException):  # this input alone failed

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from servekit.core._private import telemetry
 
 logger = logging.getLogger("servekit.rollout")
 
@@ -169,17 +170,22 @@ class Rollout:
 
     def route(self, weights: dict[str, float]) -> None:
         """Every traffic change goes through here (a Prefect flow makes each one a task)."""
-        self.runtime.route(self.endpoint, weights)
+        attributes = {f"servekit.weight.{name}": weight for name, weight in weights.items()}
+        with telemetry.span(f"rollout route {self.endpoint}", attributes):
+            self.runtime.route(self.endpoint, weights)
 
     def analyze(self) -> Analysis:
-        return analyze(
-            self.runtime,
-            self.endpoint,
-            self.candidate,
-            self.stable,
-            window_s=self.window_s,
-            thresholds=self.thresholds,
-        )
+        with telemetry.span(f"rollout analyze {self.endpoint}") as current:
+            analysis = analyze(
+                self.runtime,
+                self.endpoint,
+                self.candidate,
+                self.stable,
+                window_s=self.window_s,
+                thresholds=self.thresholds,
+            )
+            current.set_attribute("servekit.rollout.outcome", analysis.outcome)
+            return analysis
 
     def promote(self) -> RolloutResult:
         """All traffic to the candidate."""
@@ -204,6 +210,12 @@ class Rollout:
         """Raise the candidate's weight step by step; after each step, analyse it every
         ``interval_s`` for ``pause_s``. A failed analysis rolls back at once; a step
         still inconclusive after ``max_inconclusive`` extra intervals rolls back too."""
+        with telemetry.span(f"rollout canary {self.endpoint}", self._attributes()) as current:
+            result = self._canary(steps, pause_s, max_inconclusive)
+            current.set_attribute("servekit.rollout.decision", result.decision)
+            return result
+
+    def _canary(self, steps: list[float], pause_s: float, max_inconclusive: int) -> RolloutResult:
         for weight in steps:
             self.set_traffic(weight)
             if weight >= 100:  # nothing left to compare against: the last step promotes
@@ -221,6 +233,18 @@ class Rollout:
     ) -> RolloutResult:
         """Run ``smoke_test(candidate_url)`` (raise or return False to fail); if it passes,
         switch all traffic at once, watch for ``pause_s`` and switch back on failure."""
+        with telemetry.span(f"rollout blue_green {self.endpoint}", self._attributes()) as current:
+            result = self._blue_green(smoke_test, pause_s)
+            current.set_attribute("servekit.rollout.decision", result.decision)
+            return result
+
+    def _attributes(self) -> dict[str, str]:
+        return {
+            "servekit.rollout.candidate": self.candidate,
+            "servekit.rollout.stable": str(self.stable),
+        }
+
+    def _blue_green(self, smoke_test: Callable[[str], Any], pause_s: float) -> RolloutResult:
         url = self.runtime.url(self.candidate)
         try:
             passed = smoke_test(url) is not False

@@ -22,9 +22,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import propagate
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve import Application
+from servekit.core._private import telemetry
+from servekit.core._private.metrics_hub import start_pushing
 
 logger = logging.getLogger("servekit.router")
 
@@ -113,7 +116,7 @@ class _VersionStats:
 class Router:
     """Splits an endpoint's HTTP traffic between services by weight."""
 
-    def __init__(self, endpoint: str, traffic: dict[str, Any]) -> None:
+    async def __init__(self, endpoint: str, traffic: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         self.endpoint = endpoint
         self.traffic = Traffic(**traffic)
         self._handles: dict[str, Any] = {}
@@ -122,6 +125,7 @@ class Router:
         self._shadows: set[asyncio.Task[None]] = set()
         self._cumulative: list[tuple[float, str]] = []
         self.reconfigure({"traffic": traffic})
+        self._pusher = start_pushing(f"endpoint:{endpoint}", self.metrics_text)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """New weights, live: requests already routed finish where they went."""
@@ -205,6 +209,13 @@ class Router:
             for k, v in request["headers"]
             if k.lower() not in _HOP_HEADERS
         ]
+        if telemetry.current_context() is not None:
+            # The service's span becomes a child of this Router's, not a sibling.
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            headers = [(k, v) for k, v in headers if k.lower() not in carrier] + list(
+                carrier.items()
+            )
         async with self._client.request(
             request["method"],
             target + (f"?{query}" if query else ""),
@@ -359,7 +370,10 @@ def build_router(
         version=f"router-{version('servekit')}",
         _internal=True,
         num_replicas=num_replicas,
-        ray_actor_options={"num_cpus": 0.1, "runtime_env": {"env_vars": dict(REPLICA_ENV)}},
+        ray_actor_options={
+            "num_cpus": 0.1,
+            "runtime_env": {"env_vars": {**REPLICA_ENV, **telemetry.replica_env(endpoint)}},
+        },
         max_ongoing_requests=256,
         user_config={"traffic": traffic.model_dump()},
         logging_config={"enable_access_log": False},

@@ -331,7 +331,7 @@ class Runtime:
         target = serve.RunTarget(
             target=build_router(endpoint, traffic, prefix), name=endpoint, route_prefix=prefix
         )
-        serve.run_many([target], wait_for_applications_running=False)
+        serve.run_many([target, *self._hub_targets()], wait_for_applications_running=False)
         deadline = time.monotonic() + timeout_s
         while True:
             app = serve.status().applications.get(endpoint)
@@ -386,11 +386,20 @@ class Runtime:
         app = serve.status().applications.get(endpoint)
         return getattr(app, "route_prefix", None) if app else None
 
+    @property
+    def metrics_url(self) -> str:
+        """servekit's Prometheus endpoint: every service's and endpoint's metrics, once a
+        first service is deployed, e.g. ``http://127.0.0.1:8000/-/metrics``."""
+        from servekit.core._private.metrics_hub import HUB_ROUTE
+
+        return self._url_for(HUB_ROUTE)
+
     def describe(self) -> dict[str, Any]:
         """The cluster: address, HTTP URL, ingress (haproxy or python), embedded or not."""
         data: dict[str, Any] = {
             "address": self.address,
             "http_url": self.http_url,
+            "metrics_url": self.metrics_url,
             "ingress": self.ingress,
             "embedded": self.local is not None,
         }
@@ -408,10 +417,19 @@ class Runtime:
             route_prefix=spec.route,
         )
         try:
-            serve.run_many([target], wait_for_applications_running=False)
+            serve.run_many([target, *self._hub_targets()], wait_for_applications_running=False)
         except Exception as exc:  # Serve refused the app (route clash, bad runtime_env, ...)
             cause, details = _root_cause(str(exc))
             raise DeployError(spec.name, cause, details) from None
+
+    def _hub_targets(self) -> builtins.list[Any]:
+        """The metrics hub's app when the cluster has none yet (it starts alongside)."""
+        from ray import serve
+        from servekit.core._private.metrics_hub import HUB_APP, HUB_ROUTE, build_hub
+
+        if HUB_APP in serve.status().applications:
+            return []
+        return [serve.RunTarget(target=build_hub(), name=HUB_APP, route_prefix=HUB_ROUTE)]
 
     def _wait_running(self, name: str, timeout_s: float, say: Progress) -> ServiceStatus:
         deadline = time.monotonic() + timeout_s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,7 +47,11 @@ class Servable(abc.ABC):
         replica keeps accepting (and batching) requests while a batch computes."""
         if self._model_thread is None:
             self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="servekit-model")
-        return await asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
+        # The caller's context goes along, so spans the model makes nest in the request's.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._model_thread, context.run, fn, *args
+        )
 
     async def iterate_blocking(self, iterator: Iterator[T]) -> AsyncIterator[T]:
         """Drive a blocking iterator (a model's stream of chunks) on the model thread, one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import inspect
 import json
@@ -16,10 +17,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from ray import serve
 from ray.serve import Application
+from servekit.core._private import telemetry
 from servekit.core._private.batching import Batcher
 from servekit.core._private.errors import BadRequest
+from servekit.core._private.metrics_hub import start_pushing
 from servekit.core._private.servable import Servable
 from servekit.core._private.sources import servable_class
 from servekit.core._private.spec import ServiceSpec
@@ -72,6 +76,12 @@ class ModelServer:
     async def __init__(self, spec: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         self.spec = ServiceSpec(**spec)
         self.replica_id = _replica_id()
+        self.metrics = telemetry.ReplicaMetrics(
+            self.spec.name, code_version(self.spec), self.replica_id
+        )
+        telemetry.set_replica_metrics(self.metrics)
+        if not self.replica_id.startswith("pid-"):  # inside a Serve replica
+            self._pusher = start_pushing(f"{self.spec.name}/{self.replica_id}", self.metrics.text)
         self._servable: Servable = servable_class(self.spec.scheme)(
             self.spec.target, dict(self.spec.options)
         )
@@ -86,7 +96,7 @@ class ModelServer:
             limit = self.spec.multiplexing.max_models_per_replica
 
             async def load(model_id: str) -> _Loaded:
-                return _Loaded(await self._load(model_id), self._servable)
+                return _Loaded(await self._load(model_id), self._servable, self.metrics)
 
             self._load_multiplexed = serve.multiplexed(max_num_models_per_replica=limit)(load)
             default = self.spec.multiplexing.default_model_id
@@ -101,11 +111,16 @@ class ModelServer:
     async def _load(self, model_id: str) -> Any:
         started = time.perf_counter()
         logger.info("loading model %r for service %r", model_id or self.spec.target, self.spec.name)
-        if inspect.iscoroutinefunction(self._servable.load):
-            model = await self._servable.load(model_id)
-        else:
-            loop = asyncio.get_running_loop()
-            model = await loop.run_in_executor(None, self._servable.load, model_id)
+        attributes = {"servekit.service": self.spec.name, "servekit.model_id": model_id}
+        # A multiplexed load on a request's behalf is a child of that request's span.
+        with telemetry.span(f"load {self.spec.target}", attributes):
+            if inspect.iscoroutinefunction(self._servable.load):
+                model = await self._servable.load(model_id)
+            else:
+                loop = asyncio.get_running_loop()
+                context = contextvars.copy_context()
+                model = await loop.run_in_executor(None, context.run, self._servable.load, model_id)
+        self.metrics.model_loaded()
         logger.info("loaded model %r in %.2fs", model_id, time.perf_counter() - started)
         return model
 
@@ -147,13 +162,29 @@ class ModelServer:
         model = self._queued_models.pop(model_id, None) if self._load_multiplexed else self._model
         if model is None:
             model = await self.get_model(model_id)
-        return await self._servable.predict(model, items)
+        attributes = {"servekit.model_id": model_id, "servekit.batch.size": len(items)}
+        started = time.perf_counter()
+        try:
+            with telemetry.span(f"predict {self.spec.name}", attributes):
+                return await self._servable.predict(model, items)
+        finally:
+            self.metrics.batch(len(items), time.perf_counter() - started)
 
     async def predict(self, item: Any, model_id: str | None = None) -> Any:
         """Handle entry point: ``handle.predict.remote(item)``; the model id may come
         from ``handle.options(multiplexed_model_id=...)``."""
-        with self._batcher.arriving():
-            return await self.infer(item, model_id or None)
+        started = time.perf_counter()
+        code = 500
+        try:
+            with self._batcher.arriving():
+                answer = await self.infer(item, model_id or None)
+            code = 200
+            return answer
+        except BadRequest as exc:
+            code = exc.status_code
+            raise
+        finally:
+            self.metrics.request("handle:predict", code, time.perf_counter() - started)
 
     def describe(self) -> dict[str, Any]:
         """The spec this replica runs and what it holds, for ``Runtime.status``."""
@@ -184,7 +215,7 @@ class ModelServer:
             app.state.servekit = self
             app.include_router(self._servable.routes(ServingContext(self)))
             _install_error_handlers(app, self._servable)
-            self._asgi = _Ingress(app, self._batcher)
+            self._asgi = _Ingress(app, self._batcher, self.metrics)
         return self._asgi
 
     async def http(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -249,13 +280,15 @@ class _Loaded:
     which hands the model to ``Servable.unload`` (once; Python's own ``__del__`` at
     garbage collection then finds nothing left to do)."""
 
-    def __init__(self, model: Any, servable: Servable) -> None:
+    def __init__(self, model: Any, servable: Servable, metrics: telemetry.ReplicaMetrics) -> None:
         self.model = model
         self._servable: Servable | None = servable
+        self._metrics = metrics
 
     def __del__(self) -> None:
         servable, self._servable = self._servable, None
         if servable is not None:
+            self._metrics.model_evicted()
             try:
                 servable.unload(self.model)
             except Exception:
@@ -264,24 +297,44 @@ class _Loaded:
 
 class _Ingress:
     """The replica's ASGI entry: serves the bare route prefix (``POST /echo``) without a
-    redirect, and marks each POST as arriving until it reaches the batcher."""
+    redirect, marks each POST as arriving until it reaches the batcher, counts each
+    request in the replica's metrics and gives Serve's request span its HTTP attributes."""
 
-    def __init__(self, app: Any, batcher: Batcher) -> None:
+    def __init__(self, app: Any, batcher: Batcher, metrics: telemetry.ReplicaMetrics) -> None:
         self.app = app
         self._batcher = batcher
+        self._metrics = metrics
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         root = scope.get("root_path", "")
         if scope["path"] in ("", root):
             scope = {**scope, "path": root + "/", "raw_path": (root + "/").encode()}
-        if scope.get("method") != "POST":
-            await self.app(scope, receive, send)
-            return
-        with self._batcher.arriving():
-            await self.app(scope, receive, send)
+        status = 500  # what the client sees if the app fails before answering
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if scope.get("method") != "POST":
+                await self.app(scope, receive, send_status)
+            else:
+                with self._batcher.arriving():
+                    await self.app(scope, receive, send_status)
+        finally:
+            # FastAPI leaves the matched route in the scope: a bounded label, unlike a path.
+            matched = scope.get("route")
+            route = root + getattr(matched, "path_format", "") if matched else "unmatched"
+            self._metrics.request(route, status, time.perf_counter() - started)
+            telemetry.annotate_http(
+                trace.get_current_span(), scope.get("method", ""), scope["path"], route, status
+            )
 
 
 def _install_error_handlers(app: FastAPI, servable: Servable) -> None:
@@ -335,6 +388,7 @@ def build_application(
         runtime_env = prepare_env(runtime_env)
     env_vars = {name: threads for name in _THREAD_VARS}
     env_vars.update(REPLICA_ENV)
+    env_vars.update(telemetry.replica_env(spec.name))
     env_vars.update(runtime_env.get("env_vars") or {})
     runtime_env["env_vars"] = env_vars
     actor_options: dict[str, Any] = {

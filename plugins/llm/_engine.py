@@ -125,8 +125,11 @@ class VllmEngine:
         serving = self._state.openai_serving_chat
         if serving is None:
             return error_answer(501, "NotImplementedError", "this model does not chat")
-        return await self._call(
-            serving.create_chat_completion, ChatCompletionRequest, body, raw_request
+        from servekit.plugins.llm._genai import observed
+
+        create = serving.create_chat_completion
+        return await observed(
+            "chat", body, lambda b: self._call(create, ChatCompletionRequest, b, raw_request)
         )
 
     async def complete(self, body: dict[str, Any], raw_request: Any = None) -> Answer:
@@ -135,7 +138,12 @@ class VllmEngine:
         serving = self._state.openai_serving_completion
         if serving is None:
             return error_answer(501, "NotImplementedError", "this model does not complete")
-        return await self._call(serving.create_completion, CompletionRequest, body, raw_request)
+        from servekit.plugins.llm._genai import observed
+
+        create = serving.create_completion
+        return await observed(
+            "text_completion", body, lambda b: self._call(create, CompletionRequest, b, raw_request)
+        )
 
     async def models(self) -> dict[str, Any]:
         listing = await self._state.openai_serving_models.show_available_models()

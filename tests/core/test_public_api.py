@@ -17,6 +17,7 @@ def test_public_names_are_pinned():
             "ModelServer",
             "Multiplexing",
             "NotFound",
+            "ReplicaMetrics",
             "Resources",
             "Rollout",
             "RolloutResult",
@@ -32,6 +33,7 @@ def test_public_names_are_pinned():
             "analyze",
             "import_object",
             "parse_options",
+            "replica_metrics",
             "service_handle",
         ]
     )

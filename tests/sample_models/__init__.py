@@ -89,3 +89,17 @@ class Broken:
 class WrongLength:
     def predict(self, batch: list) -> list:
         return []
+
+
+class Forwarder:
+    """Answers through another service: a DeploymentHandle hop inside the cluster."""
+
+    def __init__(self, to: str) -> None:
+        self.to = to
+
+    async def predict(self, batch: list) -> list:
+        from servekit.core import service_handle
+
+        handle = service_handle(self.to)
+        answers = await asyncio.gather(*(handle.predict.remote(item) for item in batch))
+        return [{"via": os.getpid(), "answer": answer} for answer in answers]

@@ -4,9 +4,11 @@ completions, chat, streaming, LoRA adapters through multiplexing, bad input, a d
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import threading
 import time
+from unittest import mock
 
 import httpx
 import pytest
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def service(runtime, tiny_llama):
+def service(runtime, tiny_llama, tracing_env):
     model, adapters = tiny_llama
     spec = ServiceSpec(
         name=NAME,
@@ -41,7 +43,8 @@ def service(runtime, tiny_llama):
         resources={"num_cpus": 1},
         health_check={"period_s": 2, "timeout_s": 30},
     )
-    status = runtime.deploy(spec, timeout_s=400)
+    with mock.patch.dict(os.environ, tracing_env):  # traced: GenAI spans are checked below
+        status = runtime.deploy(spec, timeout_s=400)
     yield status.url
     runtime.delete(NAME)
 
@@ -122,6 +125,71 @@ def test_sse_framing_ends_with_done(service):
         lines = [line for line in reply.iter_lines() if line]
     assert all(line.startswith("data: ") for line in lines)
     assert lines[-1] == "data: [DONE]"
+
+
+def test_a_stream_without_include_usage_gets_no_usage_chunk(service):
+    # servekit asks vLLM for usage to count tokens; the client did not ask, so never sees it.
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 3, "stream": True, **EXACT}
+    with httpx.stream("POST", f"{service}/v1/completions", json=body, timeout=60) as reply:
+        events = [line for line in reply.iter_lines() if line.startswith("data: {")]
+    assert len(events) == 3 and not any('"usage"' in event for event in events)
+
+
+def test_llm_requests_are_genai_spans_and_count_tokens(client, service, runtime, otlp_receiver):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def tokens() -> dict[str, float]:
+        text = httpx.get(runtime.metrics_url, timeout=10).text
+        counted = {"input": 0.0, "output": 0.0}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "servekit_llm_tokens_total" and sample.labels["service"] == NAME:
+                    counted[sample.labels["kind"]] += sample.value
+        return counted
+
+    def settled() -> dict[str, float]:  # replicas push every second: wait for a stable count
+        last, now = None, tokens()
+        while now != last:
+            time.sleep(2.5)
+            last, now = now, tokens()
+        return now
+
+    before = settled()
+    trace_id = secrets.token_hex(16)
+    traceparent = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    reply = complete(client, max_tokens=5, extra_headers=traceparent)
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=4,
+        stream=True,
+        extra_body=EXACT,
+        extra_headers=traceparent,
+    )
+    assert [c for c in stream if not c.choices] == []  # no usage chunk: not asked for
+    spans = otlp_receiver.wait_for(
+        lambda spans: {"text_completion tiny", "chat tiny"} <= {s.name for s in spans}, trace_id
+    )
+    completion = next(s.attributes for s in spans if s.name == "text_completion tiny")
+    assert completion["gen_ai.operation.name"] == "text_completion"
+    assert completion["gen_ai.request.model"] == MODEL
+    assert completion["gen_ai.request.max_tokens"] == 5
+    assert completion["gen_ai.usage.input_tokens"] == reply.usage.prompt_tokens
+    assert completion["gen_ai.usage.output_tokens"] == 5
+    chat = next(s.attributes for s in spans if s.name == "chat tiny")
+    assert chat["gen_ai.operation.name"] == "chat"
+    assert chat["gen_ai.usage.output_tokens"] == 4
+    assert chat["gen_ai.usage.input_tokens"] > 0
+    assert 0 < chat["gen_ai.response.time_to_first_chunk"] < 60
+    assert chat["gen_ai.response.finish_reasons"] == ["length"]
+    # Both are children of Serve's request span, in the client's trace.
+    assert {s.name for s in spans} >= {"POST /llm/v1/completions", "POST /llm/v1/chat/completions"}
+
+    want_input = before["input"] + reply.usage.prompt_tokens + chat["gen_ai.usage.input_tokens"]
+    deadline = time.monotonic() + 20
+    while tokens() != {"input": want_input, "output": before["output"] + 9}:
+        assert time.monotonic() < deadline, (tokens(), before)
+        time.sleep(0.5)
 
 
 def test_an_adapter_is_its_own_model(client):
