@@ -46,8 +46,16 @@ class _Lane:
 class Batcher:
     """Groups concurrent ``submit`` calls into batches for ``run_batch(model_id, items)``."""
 
-    def __init__(self, run_batch: RunBatch, max_batch_size: int, max_wait_ms: float) -> None:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_batch_size: int,
+        max_wait_ms: float,
+        span_name: str = "servekit.batch",
+    ) -> None:
+        """``span_name`` names the span of each batch's ``run_batch`` call."""
         self._run_batch = run_batch
+        self._span_name = span_name
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self._lanes: dict[str, _Lane] = {}
@@ -72,10 +80,9 @@ class Batcher:
         if self.max_batch_size == 1 and model_id not in self._lanes:
             # Batching off: no queue, no task; async models also run concurrently.
             self.batch_sizes[1] += 1
-            context = telemetry.current_context()
+            # A batch of one is a child of its request: a link would say the same again.
             attributes = {"servekit.batch.size": 1, "servekit.model_id": model_id}
-            links = [context] if context else None
-            with telemetry.span("servekit.batch", attributes, links=links):
+            with telemetry.span(self._span_name, attributes):
                 (result,) = await self._run_batch(model_id, [item])
             if isinstance(result, BaseException):
                 raise result
@@ -128,7 +135,7 @@ class Batcher:
         attributes = {"servekit.batch.size": len(items), "servekit.model_id": model_id}
         try:
             parent = traced[0] if traced else None
-            with telemetry.span("servekit.batch", attributes, parent=parent, links=traced):
+            with telemetry.span(self._span_name, attributes, parent=parent, links=traced):
                 results = await self._run_batch(model_id, items)
             if len(results) != len(items):
                 raise RuntimeError(

@@ -167,6 +167,9 @@ def _status(args: argparse.Namespace) -> int:
     _out.print(f"cluster: {info['address']} ({'embedded' if info['embedded'] else 'external'})")
     _out.print(f"HTTP: {info['http_url']}")
     _out.print(f"ingress: {info['ingress']}")
+    _out.print(f"metrics: {info['metrics_url']} (servekit)")
+    if info.get("ray_metrics_url"):
+        _out.print(f"         {info['ray_metrics_url']} (Ray, this node)")
     _services_table(services)
     return 0
 

@@ -53,6 +53,7 @@ class ClusterInfo:
     ingress: str
     num_cpus: float
     started_at: float
+    metrics_port: int | None = None  # Ray's own Prometheus metrics of this (head) node
 
     @property
     def http_url(self) -> str:
@@ -183,6 +184,7 @@ class LocalCluster:
         shutil.rmtree(temp_dir, ignore_errors=True)
         cpus = num_cpus if num_cpus is not None else float(os.cpu_count() or 1)
         gcs_port = free_port()
+        metrics_port = free_port()
         hap = Path(f"{temp_dir}-h") if use_haproxy else None
         env = {**os.environ, **self.auth_env(), **ingress_env(hap)}
         env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -203,7 +205,7 @@ class LocalCluster:
             f"--ray-client-server-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}",
             f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
+            f"--metrics-export-port={metrics_port}",
             f"--runtime-env-agent-port={free_port()}",
             f"--dashboard-port={free_port()}",
         ]
@@ -230,6 +232,7 @@ class LocalCluster:
             ingress="haproxy" if use_haproxy else "python",
             num_cpus=cpus,
             started_at=time.time(),
+            metrics_port=metrics_port,
         )
         (self.state_dir / _STATE).write_text(json.dumps(asdict(info), indent=2))
         return info

@@ -405,6 +405,9 @@ class Runtime:
         }
         if self.local is not None:
             data["home"] = str(self.local.home)
+            info = self.local.info()
+            if info is not None and info.metrics_port:
+                data["ray_metrics_url"] = f"http://{info.http_host}:{info.metrics_port}/metrics"
         return data
 
     # -- internals -------------------------------------------------------------------

@@ -86,7 +86,13 @@ class ModelServer:
             self.spec.target, dict(self.spec.options)
         )
         batching = self.spec.batching
-        self._batcher = Batcher(self._run_batch, batching.max_batch_size, batching.max_wait_ms)
+        # One span per batch the model computes: what a trace shows as the model's work.
+        self._batcher = Batcher(
+            self._run_batch,
+            batching.max_batch_size,
+            batching.max_wait_ms,
+            span_name=f"predict {self.spec.name}",
+        )
         self._asgi: Any = None
         self._model: Any = None
         self._load_multiplexed: Any = None
@@ -162,11 +168,9 @@ class ModelServer:
         model = self._queued_models.pop(model_id, None) if self._load_multiplexed else self._model
         if model is None:
             model = await self.get_model(model_id)
-        attributes = {"servekit.model_id": model_id, "servekit.batch.size": len(items)}
         started = time.perf_counter()
         try:
-            with telemetry.span(f"predict {self.spec.name}", attributes):
-                return await self._servable.predict(model, items)
+            return await self._servable.predict(model, items)
         finally:
             self.metrics.batch(len(items), time.perf_counter() - started)
 

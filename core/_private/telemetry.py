@@ -202,16 +202,28 @@ class ReplicaMetrics:
             buckets=_TTFT,
             registry=r,
         )
+        self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+        self._batch_size = self.batch_size.labels(**self.labels)
+        self._batch_duration = self.batch_duration.labels(**self.labels)
 
     def request(self, route: str, code: int, seconds: float) -> None:
-        self.requests.labels(**self.labels, route=route, code=str(code)).inc()
-        if code >= 500:
-            self.errors.labels(**self.labels, route=route).inc()
-        self.latency.labels(**self.labels, route=route).observe(seconds)
+        # The labelled children, looked up once per (route, code): this runs per request.
+        children = self._children.get((route, code))
+        if children is None:
+            children = self._children[(route, code)] = (
+                self.requests.labels(**self.labels, route=route, code=str(code)),
+                self.errors.labels(**self.labels, route=route) if code >= 500 else None,
+                self.latency.labels(**self.labels, route=route),
+            )
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
 
     def batch(self, size: int, seconds: float) -> None:
-        self.batch_size.labels(**self.labels).observe(size)
-        self.batch_duration.labels(**self.labels).observe(seconds)
+        self._batch_size.observe(size)
+        self._batch_duration.observe(seconds)
 
     def model_loaded(self) -> None:
         self.model_loads.labels(**self.labels).inc()

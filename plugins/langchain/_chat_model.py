@@ -12,6 +12,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from opentelemetry import propagate
 from pydantic import Field
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
@@ -129,7 +130,9 @@ class ServekitChatModel(BaseChatModel):
 
     @property
     def _headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        propagate.inject(headers)  # the active span's traceparent, when tracing is on
+        return headers
 
     def _body(
         self, messages: list[BaseMessage], stop: list[str] | None, stream: bool, kwargs: Any

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import click
 from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
+from opentelemetry import propagate
 from servekit.plugins.mlflow._config import TargetConfig, describe_keys
 
 logger = logging.getLogger("servekit.mlflow")
@@ -151,12 +152,9 @@ class ServeDeploymentClient(BaseDeploymentClient):
         runtime = self._connect()
         self._spec_of(runtime, deployment_name)
         url = runtime.url(deployment_name) + "/invocations"
-        reply = httpx.post(
-            url,
-            content=_to_json_body(inputs),
-            headers={"content-type": "application/json"},
-            timeout=600,
-        )
+        headers = {"content-type": "application/json"}
+        propagate.inject(headers)  # the caller's span continues in the service's trace
+        reply = httpx.post(url, content=_to_json_body(inputs), headers=headers, timeout=600)
         if reply.status_code != 200:
             raise _error(_error_text(reply), reply.status_code)
         answer = json.loads(reply.text)
@@ -174,7 +172,9 @@ class ServeDeploymentClient(BaseDeploymentClient):
         self._spec_of(runtime, deployment_name)
         url = runtime.url(deployment_name) + "/invocations"
         body = {**(inputs if isinstance(inputs, dict) else {"inputs": inputs}), "stream": True}
-        with httpx.stream("POST", url, json=body, timeout=600) as reply:
+        headers: dict[str, str] = {}
+        propagate.inject(headers)
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=600) as reply:
             if reply.status_code != 200:
                 reply.read()
                 raise _error(_error_text(reply), reply.status_code)

@@ -53,6 +53,7 @@ def traced(runtime, tracing_env):
     with mock.patch.dict(os.environ, tracing_env):
         for spec in specs:
             runtime.deploy(spec)
+        runtime.route("tr-ep", {"tr-back": 100})
         if _has_langchain():
             from servekit.plugins.langchain import serve_runnable
 
@@ -61,6 +62,7 @@ def traced(runtime, tracing_env):
             )
     names = [spec.name for spec in specs] + (["tr-joke"] if _has_langchain() else [])
     yield {name.removeprefix("tr-"): runtime.url(name) for name in names}
+    runtime.delete_endpoint("tr-ep")
     for name in names:
         runtime.delete(name, wait=False)
 
@@ -105,12 +107,10 @@ def test_client_traceparent_followed_through_ingress_handle_hop_batch_and_model(
     # One unbroken chain of parents, from the model in the second service back to the
     # client's own span: nothing in between started a trace of its own.
     assert ancestry(spans, model) == [
-        "tr-back: predict tr-back",
-        "tr-back: servekit.batch",
+        "tr-back: predict tr-back",  # the batch the model computed
         "tr-back: replica_handle_request ModelServer predict",
         "tr-front: route_to_replica ModelServer predict",
         "tr-front: predict tr-front",
-        "tr-front: servekit.batch",
         "tr-front: POST /tr-front/",
         client_span,
     ]
@@ -118,6 +118,20 @@ def test_client_traceparent_followed_through_ingress_handle_hop_batch_and_model(
     assert http.attributes["http.request.method"] == "POST"
     assert http.attributes["http.response.status_code"] == 200
     assert http.attributes["url.path"] == "/tr-front/"
+
+
+def test_an_endpoint_passes_its_own_span_on_to_the_service(traced, runtime, otlp_receiver):
+    trace_id, client_span, headers = traceparent()
+    reply = httpx.post(runtime.http_url + "/tr-ep", json="via ep", headers=headers, timeout=30)
+    assert reply.json()["echo"] == "via ep"
+    spans = otlp_receiver.wait_for(
+        lambda spans: any(s.name == "predict tr-back" for s in spans), trace_id
+    )
+    model = next(s for s in spans if s.name == "predict tr-back")
+    chain = ancestry(spans, model)
+    assert chain[:2] == ["tr-back: predict tr-back", "tr-back: POST /tr-back/"]
+    assert chain[2].startswith("tr-ep: ")  # the Router's span, between client and service
+    assert chain[-1] == client_span
 
 
 def test_a_batch_span_links_every_request_it_computed(traced, otlp_receiver):
@@ -141,7 +155,7 @@ def test_a_batch_span_links_every_request_it_computed(traced, otlp_receiver):
         s
         for trace_id in trace_ids
         for s in otlp_receiver.trace(trace_id)
-        if s.name == "servekit.batch" and s.service == "tr-back"
+        if s.name == "predict tr-back"
     ]
     linked = {link for batch in batches for link in batch.links}
     # Every request is linked from the batch that computed it, whichever trace holds it.
@@ -187,4 +201,36 @@ def test_a_chain_and_its_steps_are_child_spans_of_the_request(traced, otlp_recei
     sequence = next(s for s in spans if s.name == "chain RunnableSequence")
     steps = {s.name for s in spans if s.parent_id == sequence.span_id}
     assert steps == {"chain ChatPromptTemplate", "llm EchoChatModel", "chain StrOutputParser"}
-    assert ancestry(spans, sequence)[1:3] == ["tr-joke: predict tr-joke", "tr-joke: servekit.batch"]
+    assert ancestry(spans, sequence)[1:3] == [
+        "tr-joke: predict tr-joke",
+        "tr-joke: POST /tr-joke/invoke",
+    ]
+
+
+def test_replicas_export_over_otlp_grpc_too(runtime):
+    from tests.plugins.otel.receiver import GrpcReceiver
+
+    receiver = GrpcReceiver()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_SERVICE_NAME": "shop",
+    }
+    spec = ServiceSpec(
+        name="tr-grpc", source="python:sample_models:Echo", runtime_env=MODULES, resources=SMALL
+    )
+    try:
+        with mock.patch.dict(os.environ, env):
+            url = runtime.deploy(spec).url
+        trace_id, _, headers = traceparent()
+        assert httpx.post(url, json=1, headers=headers, timeout=30).status_code == 200
+        spans = receiver.wait_for(
+            lambda spans: any(s.name == "predict tr-grpc" for s in spans), trace_id
+        )
+        assert {s.service for s in spans} == {"shop"}  # OTEL_SERVICE_NAME, passed on
+        assert "POST /tr-grpc/" in {s.name for s in spans}
+    finally:
+        runtime.delete("tr-grpc", wait=False)
+        receiver.close()
