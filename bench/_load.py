@@ -75,11 +75,13 @@ def alternate(
     rounds: int,
     connections: tuple[int, ...] = (1, 32),
     probes: dict[str, Callable[[str], dict]] | None = None,
+    pause_s: float = 0.0,
 ) -> dict:
     """Load every server in ``urls`` (all running at once, so all see the same machine
     state), alternating their order round by round; each figure is the median over the
     rounds, so a noisy minute hurts all alike. ``probes`` are extra per-round measurements
-    (``fn(url) -> {"p50_ms": ...}``) reported under their own key."""
+    (``fn(url) -> {"p50_ms": ...}``) reported under their own key. ``pause_s`` between
+    runs lets work a run left behind (spans still being exported) finish first."""
     probes = probes or {}
     for url in urls.values():
         wait_http(url, body)
@@ -91,6 +93,7 @@ def alternate(
         steps = [(f"c{c}", lambda url, c=c: load(url, body, c, seconds)) for c in connections]
         for key, run in [*steps, *probes.items()]:
             for name in names:
+                time.sleep(pause_s)
                 result = run(urls[name])
                 runs[name][key].append(result)
                 shown = " ".join(f"{k} {v:.2f}" for k, v in result.items() if k != "errors")
@@ -106,6 +109,8 @@ def _median(results: list[dict]) -> dict:
         key: statistics.median(r[key] for r in results) for key in results[0] if key != "errors"
     }
     merged["errors"] = sum(r.get("errors", 0) for r in results)
+    if "rps" in results[0]:
+        merged["rounds_rps"] = [r["rps"] for r in results]  # for paired comparisons
     return merged
 
 

@@ -97,3 +97,21 @@ def tracing_env(otlp_receiver) -> dict[str, str]:
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "SERVEKIT_METRICS_PUSH_S": "1",
     }
+
+
+@pytest.fixture(scope="session")
+def memory_spans():
+    """Spans this test process makes, kept in memory: a global tracer provider (one per
+    process, so one per session), as an application's instrument() would set."""
+    pytest.importorskip("opentelemetry.sdk", reason="the otel extra is not installed")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    assert trace.get_tracer_provider() is provider, "a tracer provider was set before"
+    return exporter

@@ -59,6 +59,20 @@ def analyze(
     thresholds: Thresholds | None = None,
 ) -> Analysis:
     """Judge ``candidate`` on the endpoint's metrics of the last ``window_s`` seconds."""
+    with telemetry.span(f"rollout analyze {endpoint}") as current:
+        found = _analyze(runtime, endpoint, candidate, stable, window_s, thresholds)
+        current.set_attribute("servekit.rollout.outcome", found.outcome)
+        return found
+
+
+def _analyze(
+    runtime: Any,
+    endpoint: str,
+    candidate: str,
+    stable: str | None,
+    window_s: float,
+    thresholds: Thresholds | None,
+) -> Analysis:
     limits = thresholds or Thresholds()
     versions = runtime.endpoint_stats(endpoint, window_s)["versions"]
     mine = versions.get(candidate) or {"requests": 0, "errors": 0}
@@ -175,17 +189,14 @@ class Rollout:
             self.runtime.route(self.endpoint, weights)
 
     def analyze(self) -> Analysis:
-        with telemetry.span(f"rollout analyze {self.endpoint}") as current:
-            analysis = analyze(
-                self.runtime,
-                self.endpoint,
-                self.candidate,
-                self.stable,
-                window_s=self.window_s,
-                thresholds=self.thresholds,
-            )
-            current.set_attribute("servekit.rollout.outcome", analysis.outcome)
-            return analysis
+        return analyze(
+            self.runtime,
+            self.endpoint,
+            self.candidate,
+            self.stable,
+            window_s=self.window_s,
+            thresholds=self.thresholds,
+        )
 
     def promote(self) -> RolloutResult:
         """All traffic to the candidate."""

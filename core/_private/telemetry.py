@@ -13,6 +13,7 @@ the replica pushes to the cluster's MetricsHub (``metrics_hub.py``) for ``GET /-
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, Statu
 SPAN_PROCESSORS = "servekit.plugins.otel:span_processors"
 _FORWARDED = ("OTEL_", "RAY_SERVE_TRACING_", "SERVEKIT_METRICS_")
 
+logger = logging.getLogger("servekit.telemetry")
 tracer = trace.get_tracer("servekit")
 
 
@@ -62,12 +64,15 @@ def replica_env(service: str, env: dict[str, str] | None = None) -> dict[str, st
     on (every replica then exports its spans itself) when traces are asked for."""
     env = dict(os.environ if env is None else env)
     out = {name: value for name, value in env.items() if name.startswith(_FORWARDED)}
-    if (
-        tracing_configured(env)
-        and "RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH" not in env
-        and importlib.util.find_spec("opentelemetry.sdk") is not None
-    ):
-        out["RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH"] = SPAN_PROCESSORS
+    if tracing_configured(env) and "RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH" not in env:
+        if importlib.util.find_spec("opentelemetry.sdk") is None:
+            logger.warning(
+                "OTEL_* asks for traces but the OpenTelemetry SDK is not installed, so "
+                "%r will not trace: pip install 'servekit[otel]'",
+                service,
+            )
+        else:
+            out["RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH"] = SPAN_PROCESSORS
     if out.get("RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH"):
         out.setdefault("RAY_SERVE_TRACING_SAMPLING_RATIO", str(sampling_ratio(env)))
         out.setdefault("OTEL_SERVICE_NAME", service)
@@ -90,6 +95,13 @@ def span(
 ) -> Iterator[Span]:
     """A span around a block, a child of the active span (or of ``parent``); an exception
     marks it failed and is re-raised."""
+    if parent is None:
+        active = trace.get_current_span()
+        if active.get_span_context().is_valid and not active.is_recording():
+            # A trace the sampler left out: its children are left out too (parent-based
+            # sampling), so skip the SDK's work for them.
+            yield active
+            return
     context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent else None
     with tracer.start_as_current_span(
         name,

@@ -57,6 +57,10 @@ def test_deploy_in_one_process_predict_in_another(spec_file):
         status = json.loads(run("status", "--json").stdout)
         assert status["cluster"]["ingress"] == "haproxy"
         assert status["cluster"]["embedded"] is True
+        # Where metrics are: servekit's endpoint and Ray's own exporter, both answering.
+        assert httpx.get(status["cluster"]["metrics_url"], timeout=30).status_code == 200
+        ray_metrics = httpx.get(status["cluster"]["ray_metrics_url"], timeout=30)
+        assert "# TYPE ray_" in ray_metrics.text
     finally:
         deleted = run("delete", "cli-echo")
     assert deleted.returncode == 0, deleted.stderr

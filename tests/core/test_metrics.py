@@ -95,3 +95,32 @@ def test_the_endpoint_is_prometheus_text_with_every_servekit_family(runtime, met
         "servekit_models_loaded",
         "servekit_llm_tokens",
     } <= families
+
+
+def test_every_servekit_metric_the_grafana_dashboard_queries_is_served(runtime, metered):
+    import json
+    import re
+    from pathlib import Path
+
+    runtime.route("metered-ep", {NAME: 100})  # the endpoint row needs a Router's series
+    try:
+        assert httpx.post(runtime.http_url + "/metered-ep", json=1).status_code == 200
+        dashboard = Path(__file__).parents[2] / "docs" / "grafana" / "servekit.json"
+        queries = [
+            target["expr"]
+            for panel in json.loads(dashboard.read_text())["panels"]
+            for target in panel.get("targets", [])
+        ]
+        wanted = {name for expr in queries for name in re.findall(r"servekit_\w+", expr)}
+        assert len(wanted) >= 10
+
+        def missing() -> set[str]:
+            text = httpx.get(runtime.metrics_url, timeout=10).text
+            families = list(text_string_to_metric_families(text))
+            served = {f.name for f in families} | {s.name for f in families for s in f.samples}
+            base = re.compile(r"_(total|bucket|sum|count)$")
+            return {n for n in wanted if n not in served and base.sub("", n) not in served}
+
+        wait_for(runtime, lambda: not missing())
+    finally:
+        runtime.delete_endpoint("metered-ep")

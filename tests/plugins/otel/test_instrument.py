@@ -13,25 +13,18 @@ import pytest
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra is not installed")
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from servekit.core import Rollout, Thresholds
 from servekit.core._private.telemetry import SPAN_PROCESSORS, replica_env
 from servekit.plugins import otel
 
-EXPORTED = InMemorySpanExporter()
-
 
 @pytest.fixture(scope="module")
-def instrumented():
-    """This process traced into memory (a global provider can be set once per process)."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(EXPORTED))
+def instrumented(memory_spans):
+    """This process traced into memory; instrument() keeps the provider already set."""
     with mock.patch.dict(os.environ):
-        otel.instrument(tracer_provider=provider)
+        otel.instrument()
         assert os.environ["RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH"] == SPAN_PROCESSORS
-        yield provider
+        yield memory_spans
         otel.uninstrument()
     assert "RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH" not in os.environ
 
@@ -101,13 +94,13 @@ def test_langchain_runs_are_nested_spans(instrumented):
     from langchain_core.runnables import RunnableLambda
 
     pytest.importorskip("langchain_core")
-    EXPORTED.clear()
+    instrumented.clear()
     chain = RunnableLambda(lambda x: x + 1).with_config(run_name="add") | RunnableLambda(
         lambda x: x * 2
     ).with_config(run_name="double")
     with trace.get_tracer("test").start_as_current_span("caller") as caller:
         assert chain.invoke(1) == 4
-    spans = {span.name: span for span in EXPORTED.get_finished_spans()}
+    spans = {span.name: span for span in instrumented.get_finished_spans()}
     sequence = spans["chain RunnableSequence"]
     assert sequence.parent.span_id == caller.get_span_context().span_id
     assert spans["chain add"].parent.span_id == sequence.context.span_id
@@ -133,12 +126,12 @@ class Endpoint:
 
 
 def test_rollout_steps_are_spans(instrumented):
-    EXPORTED.clear()
+    instrumented.clear()
     rollout = Rollout(
         Endpoint(), "ep", stable="v1", candidate="v2", thresholds=Thresholds(), interval_s=0.01
     )
     assert rollout.canary([10, 50], pause_s=0.01).decision == "rolled_back"
-    spans = EXPORTED.get_finished_spans()
+    spans = instrumented.get_finished_spans()
     canary = next(s for s in spans if s.name == "rollout canary ep")
     assert canary.attributes["servekit.rollout.decision"] == "rolled_back"
     children = [s for s in spans if s.parent and s.parent.span_id == canary.context.span_id]

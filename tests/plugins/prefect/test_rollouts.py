@@ -114,7 +114,10 @@ def test_a_healthy_candidate_reaches_all_traffic_without_a_failed_request(runtim
     assert "promoted" in table.description
 
 
-def test_a_failing_candidate_is_rolled_back_within_one_analysis_interval(runtime, stable):
+def test_a_failing_candidate_is_rolled_back_within_one_analysis_interval(
+    runtime, stable, memory_spans
+):
+    memory_spans.clear()
     with Load(stable) as load, pytest.raises(RolledBack, match="error rate") as caught:
         canary_rollout(
             ENDPOINT,
@@ -140,6 +143,21 @@ def test_a_failing_candidate_is_rolled_back_within_one_analysis_interval(runtime
     failed, total = load.failures(started, rolled_back + 1.0)
     assert failed > 0 and failed <= 0.3 * total  # about the candidate's 10% share
     assert load.failures(rolled_back + 2.0)[0] == 0  # the stable version answers again
+
+    # The rollout as a trace: Prefect's flow run, a task run per step, servekit's
+    # rollout spans inside them.
+    spans = memory_spans.get_finished_spans()
+    (flow_run,) = [s for s in spans if s.attributes.get("prefect.run.type") == "flow"]
+    tasks = {s.context.span_id: s for s in spans if s.attributes.get("prefect.run.type") == "task"}
+    assert all(s.parent.span_id == flow_run.context.span_id for s in tasks.values())
+    names = [s.attributes["prefect.run.name"].rsplit("-", 1)[0] for s in tasks.values()]
+    assert {"deploy_service", "set_traffic", "analyze_canary"} <= set(names)
+    analyses = [s for s in spans if s.name == f"rollout analyze {ENDPOINT}"]
+    assert analyses and all(s.parent.span_id in tasks for s in analyses)
+    assert analyses[-1].attributes["servekit.rollout.outcome"] == "failed"
+    (canary,) = [s for s in spans if s.name == f"rollout canary {ENDPOINT}"]
+    assert canary.attributes["servekit.rollout.decision"] == "rolled_back"
+    assert canary.context.trace_id == flow_run.context.trace_id
 
 
 def test_blue_green_switches_after_the_smoke_test_or_not_at_all(runtime, stable):
