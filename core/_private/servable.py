@@ -42,23 +42,34 @@ class Servable(abc.ABC):
         self.options = options
         self._model_thread: ThreadPoolExecutor | None = None
 
-    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run_blocking(
+        self, fn: Callable[..., T], *args: Any, context: contextvars.Context | None = None
+    ) -> T:
         """Run blocking model code off the event loop, one call at a time, so the
-        replica keeps accepting (and batching) requests while a batch computes."""
+        replica keeps accepting (and batching) requests while a batch computes. It runs
+        in a copy of the caller's context (or in ``context``), so spans the model makes
+        nest in the request's."""
         if self._model_thread is None:
             self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="servekit-model")
-        # The caller's context goes along, so spans the model makes nest in the request's.
-        context = contextvars.copy_context()
+        context = context or contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(
             self._model_thread, context.run, fn, *args
         )
 
-    async def iterate_blocking(self, iterator: Iterator[T]) -> AsyncIterator[T]:
+    async def iterate_blocking(
+        self, iterator: Iterator[T], context: contextvars.Context | None = None
+    ) -> AsyncIterator[T]:
         """Drive a blocking iterator (a model's stream of chunks) on the model thread, one
-        item at a time, so batches keep running between the chunks of a stream."""
+        item at a time, so batches keep running between the chunks of a stream. Every
+        item runs in one context (``context``, else a copy of the caller's): a model that
+        sets a context variable in one chunk and resets it in a later one (MLflow's
+        ``predict_stream`` does) needs the same; pass the context the stream was opened in."""
         end = object()
+        context = context or contextvars.copy_context()
         try:
-            while (item := await self.run_blocking(next, iterator, end)) is not end:
+            while (
+                item := await self.run_blocking(next, iterator, end, context=context)
+            ) is not end:
                 yield item
         finally:
             close = getattr(iterator, "close", None)

@@ -143,7 +143,16 @@ class ReplicaMetrics:
     """One replica's servekit metrics, labelled ``service``, ``version`` and ``replica``.
 
     ``version`` is the deployment's code version: it changes whenever the model source,
-    its options or resources do.
+    its options or resources do. ``registry`` is pushed to ``GET /-/metrics`` with the
+    rest, so a model or plugin can add its own series::
+
+        from prometheus_client import Counter
+        from servekit.core import replica_metrics
+
+        metrics = replica_metrics()
+        cache_hits = Counter(
+            "mymodel_cache_hits", "Cache hits", list(metrics.labels), registry=metrics.registry
+        ).labels(**metrics.labels)
     """
 
     def __init__(self, service: str, version: str, replica: str) -> None:
@@ -271,7 +280,8 @@ _current: ReplicaMetrics | None = None
 
 
 def replica_metrics() -> ReplicaMetrics:
-    """This replica's metrics (a standalone set outside a replica, never pushed)."""
+    """This replica's metrics (a standalone set outside a replica, never pushed).
+    Example: ``replica_metrics().llm_usage("tiny", input_tokens=12, output_tokens=30)``."""
     global _current
     if _current is None:
         _current = ReplicaMetrics("", "", f"pid-{os.getpid()}")

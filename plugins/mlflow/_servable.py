@@ -11,6 +11,7 @@ bad request never fails its neighbours.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import itertools
 import json
@@ -84,7 +85,10 @@ class MlflowServable(Servable):
         if isinstance(model, MlflowLLM):
             return StreamingResponse(await model.stream(document), media_type="text/event-stream")
         data, params = _stream_input(document)
-        first, chunks = await self.run_blocking(_open_stream, model, data, params)
+        # The stream opens and runs in one context: MLflow resets, in its last chunk, a
+        # context variable it set when the stream opened.
+        context = contextvars.copy_context()
+        first, chunks = await self.run_blocking(_open_stream, model, data, params, context=context)
 
         async def events() -> Any:
             if first is _END:
@@ -92,7 +96,7 @@ class MlflowServable(Servable):
                 return
             yield _event(first)
             try:
-                async for chunk in self.iterate_blocking(chunks):
+                async for chunk in self.iterate_blocking(chunks, context):
                     yield _event(chunk)
             except Exception as exc:  # mid-stream: the error is the last event
                 failed = _model_failed(exc)
