@@ -136,9 +136,12 @@ def test_a_failing_candidate_is_rolled_back_within_one_analysis_interval(
     caught_at = next(s["at"] for s in steps if s["outcome"] == "failed")
     rolled_back = next(s["at"] for s in steps if s["action"] == "rolled back")
     assert [s["weight"] for s in steps if s["action"] == "set weight"] == [10]
-    # The first analysis, one interval after the candidate got traffic, caught it (the
-    # slack is Prefect's task-run overhead on 2 busy cores); the rollback came right after.
-    assert caught_at - started <= FAST["interval_s"] + 3.0
+    # The first analysis caught it: one analysis ran (each is a span, see below), one
+    # interval after the candidate got traffic (plus Prefect's task-run overhead, a few
+    # seconds on 2 busy cores); the rollback came right after.
+    analyses = [s for s in memory_spans.get_finished_spans() if s.name.startswith("rollout an")]
+    assert len(analyses) == 1
+    assert caught_at - started <= FAST["interval_s"] + 6.0
     assert rolled_back - caught_at <= 5.0
     failed, total = load.failures(started, rolled_back + 1.0)
     assert failed > 0 and failed <= 0.3 * total  # about the candidate's 10% share
@@ -163,8 +166,8 @@ def test_a_failing_candidate_is_rolled_back_within_one_analysis_interval(
     assert all(flow_run.name in ancestors(s) for s in tasks.values())
     names = [s.attributes["prefect.run.name"].rsplit("-", 1)[0] for s in tasks.values()]
     assert {"deploy_service", "set_traffic", "analyze_canary"} <= set(names)
-    analyses = [s for s in spans if s.name == f"rollout analyze {ENDPOINT}"]
-    assert analyses and all(s.parent.span_id in tasks for s in analyses)
+    assert analyses[0].name == f"rollout analyze {ENDPOINT}"
+    assert all(s.parent.span_id in tasks for s in analyses)
     assert analyses[-1].attributes["servekit.rollout.outcome"] == "failed"
     (canary,) = [s for s in spans if s.name == f"rollout canary {ENDPOINT}"]
     assert canary.attributes["servekit.rollout.decision"] == "rolled_back"
