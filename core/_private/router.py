@@ -1,9 +1,10 @@
 """Router: one endpoint in front of several services (versions), traffic split by weight.
 
 The Router is its own Ray Serve application. It reads each HTTP request once, picks a
-version by weight (or by a sticky header), and replays the request through that
-service's ``ModelServer.http`` over a DeploymentHandle, streaming the answer back: any
-protocol a service speaks (MLflow, LangServe, OpenAI streams) passes through unchanged.
+version by weight (or by a sticky header), and relays the request over HTTP through the
+cluster's ingress to that service (its own span as the ``traceparent`` when tracing),
+streaming the answer back: any protocol a service speaks (MLflow, LangServe, OpenAI
+streams) passes through unchanged.
 Weights live in ``user_config``, so changing them restarts nothing and drops nothing.
 Per version it counts requests, errors and latency, for Prometheus (``GET
 <prefix>/-/metrics``) and for rollout analysis (``stats``).
