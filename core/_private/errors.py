@@ -44,6 +44,10 @@ class ClusterUnavailable(ServekitError, ConnectionError):
     """No Ray cluster could be reached or started; the message says how to get one."""
 
 
+class AccessDenied(ServekitError, PermissionError):
+    """The cluster refused the caller's credentials or their permissions; says which."""
+
+
 class BadRequest(ServekitError):
     """A client sent input the service cannot use; becomes an HTTP 4xx with a JSON body."""
 

@@ -139,3 +139,9 @@ async def _push_forever(replica: str, text: Callable[[], str]) -> None:
             if not warned:
                 logger.info("metrics hub not reachable (%s); retrying", type(exc).__name__)
                 warned = True
+
+
+def build_metrics_hub(args: dict[str, Any]) -> Application:
+    """Ray Serve's application builder for the hub (``servekit.core:build_metrics_hub``),
+    used by the Serve configs servekit renders; takes no arguments."""
+    return build_hub()

@@ -212,7 +212,7 @@ class Runtime:
     ) -> ServiceStatus:
         """Change a running service in place. Replicas roll one by one, so it keeps
         serving; changes to batching, user_config, replicas, autoscaling and the other
-        live fields (see ``server._LIVE_FIELDS``) restart nothing.
+        live fields (see ``spec.LIVE_FIELDS``) restart nothing.
         Raises :class:`NotFound` if the service does not exist."""
         if spec.name not in self._apps():
             raise NotFound(f"no service named {spec.name!r}; deploy it first")

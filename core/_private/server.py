@@ -22,11 +22,11 @@ from ray import serve
 from ray.serve import Application
 from servekit.core._private import telemetry
 from servekit.core._private.batching import Batcher
-from servekit.core._private.errors import BadRequest
+from servekit.core._private.errors import BadRequest, SpecError
 from servekit.core._private.metrics_hub import start_pushing
 from servekit.core._private.servable import Servable
 from servekit.core._private.sources import servable_class
-from servekit.core._private.spec import ServiceSpec
+from servekit.core._private.spec import LIVE_FIELDS, ServiceSpec, default_max_ongoing
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("servekit.server")
@@ -421,34 +421,34 @@ def build_application(
     else:
         options["num_replicas"] = 1 if spec.replicas is None else spec.replicas
     # A stable version makes Serve restart replicas only when a field outside
-    # _LIVE_FIELDS changed (the model source, its options, resources, runtime_env).
+    # LIVE_FIELDS changed (the model source, its options, resources, runtime_env).
     deployment = serve.deployment(ModelServer).options(
         version=code_version(spec), _internal=True, **options
     )
     return deployment.bind(spec.model_dump(mode="json"))
 
 
-# Spec fields Serve or reconfigure() apply to running replicas; the rest restart them.
-_LIVE_FIELDS = {
-    "batching",
-    "user_config",
-    "replicas",
-    "autoscaling",
-    "max_ongoing_requests",
-    "health_check",
-    "graceful_shutdown_timeout_s",
-    "route_prefix",
-}
-
-
 def code_version(spec: ServiceSpec) -> str:
     from importlib.metadata import version
 
-    fixed = spec.model_dump(mode="json", exclude=_LIVE_FIELDS)
+    fixed = spec.model_dump(mode="json", exclude=LIVE_FIELDS)
     payload = json.dumps([version("servekit"), fixed], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def default_max_ongoing(spec: ServiceSpec) -> int:
-    """Enough concurrency per replica to fill two batches (and never below 32)."""
-    return max(32, 2 * spec.batching.max_batch_size)
+def build_service(args: dict[str, Any]) -> Application:
+    """Ray Serve's application builder for a servekit service, the ``import_path`` of the
+    Serve configs servekit renders for KubeRay and ``serve deploy``::
+
+        applications:
+          - name: iris
+            import_path: servekit.core:build_service
+            args: {spec: {name: iris, source: "mlflow:models:/iris/1"}}
+
+    Raises SpecError when ``args["spec"]`` is not a valid spec (Serve reports it as the
+    application's DEPLOY_FAILED message).
+    """
+    spec = args.get("spec") if isinstance(args, dict) else None
+    if not isinstance(spec, dict):
+        raise SpecError("args.spec", "the builder needs the service spec as a mapping")
+    return build_application(ServiceSpec(**spec))

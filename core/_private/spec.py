@@ -288,3 +288,21 @@ def parse_options(
         if error["type"] == "extra_forbidden":
             raise SpecError(key, "unknown key", allowed=sorted(model.model_fields)) from None
         raise SpecError(key, str(error["msg"]).removeprefix("Value error, ")) from None
+
+
+# Spec fields Serve or reconfigure() apply to running replicas; the rest restart them.
+LIVE_FIELDS = {
+    "batching",
+    "user_config",
+    "replicas",
+    "autoscaling",
+    "max_ongoing_requests",
+    "health_check",
+    "graceful_shutdown_timeout_s",
+    "route_prefix",
+}
+
+
+def default_max_ongoing(spec: ServiceSpec) -> int:
+    """Enough concurrency per replica to fill two batches (and never below 32)."""
+    return max(32, 2 * spec.batching.max_batch_size)

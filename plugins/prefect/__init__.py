@@ -13,12 +13,16 @@ On a schedule, through Prefect's own deployments::
     deployment = schedule_rollout(canary_rollout, "nightly-iris", cron="0 3 * * *",
                                   service="iris", model_uri="models:/iris@challenger")
     prefect.serve(deployment)  # or deployment.apply() / a work pool
+
+On Kubernetes, ``k8s_rollout("services.yaml")`` applies the same specs as a KubeRay
+RayService and waits for it (docs/kubernetes.md).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from servekit.plugins.prefect._k8s import k8s_rollout
 from servekit.plugins.prefect._rollouts import (
     RolledBack,
     analyze_canary,
@@ -56,6 +60,7 @@ __all__ = [
     "blue_green_rollout",
     "canary_rollout",
     "deploy_service",
+    "k8s_rollout",
     "promote",
     "rollback",
     "schedule_rollout",
