@@ -4,7 +4,6 @@ validation does, and Ray Serve's own config schema for its serveConfigV2."""
 
 from __future__ import annotations
 
-import copy
 import functools
 from pathlib import Path
 from typing import Any
@@ -16,31 +15,35 @@ CRD_PATH = Path(__file__).resolve().parents[2] / "shared" / "kuberay" / "ray.io_
 
 
 def crd_schema(version: str = "v1") -> dict[str, Any]:
-    """The CRD's openAPIV3Schema for ``version``, made strict: an object schema that lists
-    its properties (and neither preserves unknown fields nor declares a map) rejects
-    unknown keys, as ``kubectl apply --validate=strict`` and field_validation=Strict do."""
-    crd = yaml.safe_load(CRD_PATH.read_text())
+    """The CRD's openAPIV3Schema for ``version`` as JSON Schema, made strict: an object
+    schema that lists its properties (and does not preserve unknown fields) rejects
+    unknown keys, as ``kubectl apply --validate=strict`` and field_validation=Strict do.
+    ``metadata`` is the API server's ObjectMeta, which a CRD does not spell out."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD is 18k lines
+    crd = yaml.load(CRD_PATH.read_text(), loader)
     (found,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
-    schema = copy.deepcopy(found["schema"]["openAPIV3Schema"])
-
-    def tighten(node: Any) -> None:
-        if isinstance(node, dict):
-            if (
-                "properties" in node
-                and "additionalProperties" not in node
-                and not node.get("x-kubernetes-preserve-unknown-fields")
-            ):
-                node["additionalProperties"] = False
-            for value in node.values():
-                tighten(value)
-        elif isinstance(node, list):
-            for value in node:
-                tighten(value)
-
-    tighten(schema)
-    # metadata is the API server's ObjectMeta, not spelt out in a CRD.
+    assert "status" in found.get("subresources", {}), "status is expected as a subresource"
+    schema: dict[str, Any] = _strict(found["schema"]["openAPIV3Schema"])
     schema["properties"]["metadata"] = {"type": "object"}
     return schema
+
+
+def _strict(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_strict(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    kept = {
+        k: v for k, v in node.items() if k != "properties" and not k.startswith("x-kubernetes-")
+    }
+    out = {k: _strict(v) for k, v in kept.items()}
+    if "properties" in node:
+        out["properties"] = {name: _strict(s) for name, s in node["properties"].items()}
+        if "additionalProperties" not in node:
+            out["additionalProperties"] = bool(node.get("x-kubernetes-preserve-unknown-fields"))
+    if node.get("nullable") and "type" in node:
+        out["type"] = [node["type"], "null"]
+    return out
 
 
 @functools.cache

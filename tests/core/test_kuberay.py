@@ -5,6 +5,7 @@ deploys on a real Ray exactly as KubeRay would hand it to Serve."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -360,3 +361,16 @@ def test_serve_config_deploys_on_ray_and_updates_in_place(runtime, sample_spec):
         deadline = time.monotonic() + 60
         while "k8s-echo" in {s.name for s in runtime.list()} and time.monotonic() < deadline:
             time.sleep(0.5)
+
+
+def test_the_example_in_the_docs_is_what_render_writes(tmp_path):
+    """docs/kubernetes.md shows a spec file and 'the manifest render writes' from it."""
+    text = (Path(__file__).parents[2] / "docs" / "kubernetes.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    (spec_file,) = [b for b in blocks if isinstance(b, dict) and "services" in b]
+    (shown,) = [b for b in blocks if isinstance(b, dict) and b.get("kind") == "RayService"]
+    path = tmp_path / "services.yaml"
+    path.write_text(yaml.safe_dump(spec_file))
+    rendered = render_rayservice(ServiceSpec.from_yaml(path), KubeOptions.from_yaml(path))
+    assert not list(rayservice_validator().iter_errors(shown))
+    assert shown == json.loads(json.dumps(rendered))
