@@ -115,3 +115,15 @@ def memory_spans():
     trace.set_tracer_provider(provider)
     assert trace.get_tracer_provider() is provider, "a tracer provider was set before"
     return exporter
+
+
+@pytest.fixture
+def kube_api(tmp_path):
+    """A fake Kubernetes API server serving RayServices (tests/kube_fake.py), its
+    kubeconfig at ``.kubeconfig_path``. Each simulated KubeRay step lasts 0.25 s."""
+    pytest.importorskip("kubernetes", reason="the k8s extra is not installed")
+    from tests.kube_fake import FakeKubeAPI
+
+    with FakeKubeAPI(step_s=0.25) as fake:
+        fake.kubeconfig_path = fake.kubeconfig(tmp_path / "kubeconfig")
+        yield fake

@@ -207,7 +207,13 @@ class RayServiceClient:
         say = progress or logger.info
         name = _name_of(manifest)
         body = json.loads(json.dumps(manifest))  # a copy the client may serialise
-        body.setdefault("metadata", {})["namespace"] = self.namespace
+        wanted = body["metadata"].setdefault("namespace", self.namespace)
+        if wanted != self.namespace:
+            raise SpecError(
+                "metadata.namespace",
+                f"the manifest is for namespace {wanted!r}, this client works in "
+                f"{self.namespace!r}: pass that namespace, or drop it from the manifest",
+            )
         for attempt in range(3):
             try:
                 current = self.get(name)

@@ -134,7 +134,9 @@ class KubeOptions(_Section):
     """
 
     name: str | None = None
-    namespace: str = "default"
+    namespace: str | None = Field(
+        default=None, description="default: where it is applied (the kubeconfig context's)"
+    )
     image: str | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     service_account: str | None = None
@@ -311,7 +313,7 @@ def render_rayservice(specs: list[ServiceSpec], options: KubeOptions) -> dict[st
         "kind": "RayService",
         "metadata": {
             "name": name,
-            "namespace": options.namespace,
+            **({"namespace": options.namespace} if options.namespace else {}),
             "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, **options.labels},
             "annotations": {
                 "servekit.io/services": ",".join(spec.name for spec in specs),

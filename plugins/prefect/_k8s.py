@@ -53,10 +53,7 @@ def k8s_rollout(
         services = [s if isinstance(s, ServiceSpec) else ServiceSpec(**s) for s in specs]
     manifest = render_rayservice(services, kube)
     name = manifest["metadata"]["name"]
-    chosen = "namespace" in kube.model_fields_set
-    client = RayServiceClient(
-        namespace or (kube.namespace if chosen else None), kubeconfig=kubeconfig, context=context
-    )
+    client = RayServiceClient(namespace or kube.namespace, kubeconfig=kubeconfig, context=context)
     try:
         previous: dict[str, Any] | None = client.get(name)
     except NotFound:

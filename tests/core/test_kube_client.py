@@ -41,15 +41,13 @@ SPECS = [
 
 
 def _manifest(name: str = "models", **options) -> dict:
+    options.setdefault("namespace", "ml")
     return render_rayservice(SPECS, KubeOptions(name=name, image=IMAGE, **options))
 
 
 @pytest.fixture
-def api(tmp_path):
-    # Each simulated KubeRay step lasts five of the client's polls, so no state is missed.
-    with FakeKubeAPI(step_s=0.25) as fake:
-        fake.kubeconfig_path = fake.kubeconfig(tmp_path / "kubeconfig")
-        yield fake
+def api(kube_api):
+    return kube_api
 
 
 @pytest.fixture
@@ -109,7 +107,9 @@ def test_a_services_only_change_redeploys_in_place(api, client):
     before = client.wait("models", timeout_s=30, poll_s=0.05)
     changed = [SPECS[0], ServiceSpec(name="qa", source="langchain:app.chains:qa2")]
     lines: list[str] = []
-    client.apply(render_rayservice(changed, KubeOptions(name="models", image=IMAGE)))
+    client.apply(
+        render_rayservice(changed, KubeOptions(name="models", image=IMAGE, namespace="ml"))
+    )
     after = client.wait("models", timeout_s=30, progress=lines.append, poll_s=0.05)
     assert after.active_cluster == before.active_cluster
     assert any("qa on active cluster" in line and "DEPLOYING" in line for line in lines), lines
@@ -199,8 +199,10 @@ def test_the_api_servers_validation_errors_name_the_field(api, client):
 def test_namespace_comes_from_the_kubeconfig_context(api):
     client = RayServiceClient(kubeconfig=str(api.kubeconfig_path))
     assert client.namespace == "default"  # the fake's context namespace
-    client.apply(_manifest(namespace="ignored"))
+    client.apply(_manifest(namespace=None))  # rendered without a namespace
     assert ("default", "models") in api.objects
+    with pytest.raises(SpecError, match="manifest is for namespace 'ml'"):
+        client.apply(_manifest(namespace="ml"))
 
 
 # -- the CLI ---------------------------------------------------------------------------

@@ -5,7 +5,6 @@ one is set back to the spec that served before it, and both leave a table artifa
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import yaml
@@ -15,28 +14,16 @@ pytest.importorskip("kubernetes", reason="the k8s extra is not installed")
 
 from prefect import flow
 from prefect.artifacts import Artifact
-from prefect.testing.utilities import prefect_test_harness
 from servekit.core import DeployError
 from servekit.plugins.prefect import k8s_rollout
-
-from tests.kube_fake import FakeKubeAPI
 
 IMAGE = "registry.example.com/servekit:0.1"
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"  # no telemetry from a sandbox
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture
-def api(tmp_path):
-    with FakeKubeAPI(step_s=0.1) as fake:
-        fake.kubeconfig_path = fake.kubeconfig(tmp_path / "kubeconfig")
-        yield fake
+def api(kube_api):
+    return kube_api
 
 
 def _spec_file(tmp_path, source: str) -> str:

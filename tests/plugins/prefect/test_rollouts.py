@@ -5,7 +5,6 @@ back within one analysis interval, and each run leaves its table artifact."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 
@@ -15,7 +14,6 @@ import pytest
 pytest.importorskip("prefect", reason="the prefect extra is not installed")
 
 from prefect.artifacts import Artifact
-from prefect.testing.utilities import prefect_test_harness
 from servekit.plugins.prefect import (
     RolledBack,
     blue_green_rollout,
@@ -34,13 +32,6 @@ FAST = dict(
     pause_s=4.0, interval_s=2.0, window_s=4.0, thresholds={"min_requests": 4, "max_p99_ratio": 20}
 )
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"  # no telemetry from a sandbox
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture
