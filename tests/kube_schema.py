@@ -1,5 +1,5 @@
 """The schemas a RayService manifest must meet: the RayService CRD's openAPIV3Schema (from
-KubeRay, in ../shared/kuberay) checked as strictly as an API server with strict field
+KubeRay, in tests/kuberay) checked as strictly as an API server with strict field
 validation does, and Ray Serve's own config schema for its serveConfigV2."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-CRD_PATH = Path(__file__).resolve().parents[2] / "shared" / "kuberay" / "ray.io_rayservices.yaml"
+CRD_PATH = Path(__file__).parent / "kuberay" / "ray.io_rayservices.yaml"
 
 
 def crd_schema(version: str = "v1") -> dict[str, Any]:
