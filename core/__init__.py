@@ -11,6 +11,7 @@ Example::
 
 from typing import TYPE_CHECKING, Any
 
+from servekit.core._private.auth import client_headers
 from servekit.core._private.errors import (
     AccessDenied,
     BadRequest,
@@ -34,6 +35,7 @@ from servekit.core._private.rollout import Analysis, Rollout, RolloutResult, Thr
 from servekit.core._private.servable import Servable
 from servekit.core._private.sources import import_object
 from servekit.core._private.spec import (
+    Auth,
     Autoscaling,
     Batching,
     HealthCheck,
@@ -84,6 +86,7 @@ __all__ = [
     "MODEL_ID_HEADER",
     "AccessDenied",
     "Analysis",
+    "Auth",
     "Autoscaling",
     "BadRequest",
     "Batching",
@@ -115,6 +118,7 @@ __all__ = [
     "analyze",
     "build_metrics_hub",
     "build_service",
+    "client_headers",
     "import_object",
     "parse_options",
     "render_rayservice",

@@ -28,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve import Application
 from servekit.core._private import telemetry
+from servekit.core._private.limits import BodyRejected, read_body, refuse
 from servekit.core._private.metrics_hub import start_pushing
+from servekit.core._private.spec import Limits
 
 logger = logging.getLogger("servekit.router")
 
@@ -295,25 +297,25 @@ class Router:
         path = scope["path"][len(root) :] if scope["path"].startswith(root) else scope["path"]
         path = path or "/"
         if path == METRICS_PATH and scope["method"] == "GET":
-            body = self.metrics_text().encode()
+            text = self.metrics_text().encode()
             headers = [(b"content-type", b"text/plain; version=0.0.4")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await send({"type": "http.response.body", "body": text})
             return
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
+        limits = Limits()  # the service behind applies its own on top
+        try:
+            body = await read_body(scope, receive, limits.max_body, limits.body_timeout_s)
+        except BodyRejected as exc:
+            await refuse(send, exc.status, {"error": {"code": exc.code, "message": str(exc)}})
+            return
+        if body is None:
+            return  # the client left
         request = {
             "method": scope["method"],
             "path": path,
             "query_string": scope.get("query_string", b""),
             "headers": [(bytes(k), bytes(v)) for k, v in scope.get("headers", [])],
-            "body": b"".join(chunks),
+            "body": body,
         }
         shadow = self.traffic.shadow
         # A copy, not awaited: the client never waits for the shadow. A slow shadow must

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import inspect
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -21,8 +23,10 @@ from opentelemetry import trace
 from ray import serve
 from ray.serve import Application
 from servekit.core._private import telemetry
+from servekit.core._private.auth import Credentials
 from servekit.core._private.batching import Batcher
 from servekit.core._private.errors import BadRequest, SpecError
+from servekit.core._private.limits import BodyRejected, read_body, refuse, replay
 from servekit.core._private.metrics_hub import start_pushing
 from servekit.core._private.servable import Servable
 from servekit.core._private.sources import servable_class
@@ -32,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 logger = logging.getLogger("servekit.server")
 
 MODEL_ID_HEADER = "serve_multiplexed_model_id"
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,255}")
 DEPLOYMENT_NAME = "ModelServer"
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 # Measured on 2 cores (bench/ingress.py): Serve's per-request access log and its
@@ -94,6 +99,8 @@ class ModelServer:
             span_name=f"predict {self.spec.name}",
         )
         self._asgi: Any = None
+        # Read before the model loads: a service whose tokens are missing must not start.
+        self.credentials = Credentials(self.spec.auth) if self.spec.auth else None
         self._model: Any = None
         self._load_multiplexed: Any = None
         self._queued_models: dict[str, Any] = {}
@@ -145,6 +152,13 @@ class ModelServer:
             )
         model_id = model_id or serve.get_multiplexed_model_id()
         model_id = model_id or (self.spec.multiplexing.default_model_id or "")
+        if model_id and (not _MODEL_ID.fullmatch(model_id) or ".." in model_id.split("/")):
+            # An id only selects among the models the spec's source holds; it is never
+            # a path or an import spec, so anything shaped like one is refused here.
+            raise BadRequest(
+                f"{model_id[:80]!r} is not a model id: use letters, digits and . _ - : @ /",
+                code="invalid_model_id",
+            )
         if not model_id:
             raise BadRequest(
                 f"service {self.spec.name!r} serves several models: "
@@ -207,6 +221,8 @@ class ModelServer:
         if spec.batching != self.spec.batching:
             logger.info("batching now %s", spec.batching)
         self._batcher.configure(spec.batching.max_batch_size, spec.batching.max_wait_ms)
+        if spec.auth != self.spec.auth:
+            self.credentials = Credentials(spec.auth) if spec.auth else None
         self.spec = spec
         self._servable.reconfigure(dict(spec.user_config))
 
@@ -219,7 +235,7 @@ class ModelServer:
             app.state.servekit = self
             app.include_router(self._servable.routes(ServingContext(self)))
             _install_error_handlers(app, self._servable)
-            self._asgi = _Ingress(app, self._batcher, self.metrics)
+            self._asgi = _Ingress(app, self)
         return self._asgi
 
     async def http(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -300,14 +316,17 @@ class _Loaded:
 
 
 class _Ingress:
-    """The replica's ASGI entry: serves the bare route prefix (``POST /echo``) without a
-    redirect, marks each POST as arriving until it reaches the batcher, counts each
-    request in the replica's metrics and gives Serve's request span its HTTP attributes."""
+    """The replica's ASGI entry: refuses requests without the service's credentials (401)
+    and bodies over its limits (413, 408) before any model code runs, serves the bare
+    route prefix (``POST /echo``) without a redirect, marks each POST as arriving until
+    it reaches the batcher, counts each request in the replica's metrics and gives Serve's
+    request span its HTTP attributes."""
 
-    def __init__(self, app: Any, batcher: Batcher, metrics: telemetry.ReplicaMetrics) -> None:
+    def __init__(self, app: Any, server: ModelServer) -> None:
         self.app = app
-        self._batcher = batcher
-        self._metrics = metrics
+        self._server = server
+        self._batcher = server._batcher
+        self._metrics = server.metrics
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -325,12 +344,31 @@ class _Ingress:
                 status = message["status"]
             await send(message)
 
+        credentials = self._server.credentials
+        limits = self._server.spec.limits
+        error_body = self._server._servable.error_body
         try:
-            if scope.get("method") != "POST":
-                await self.app(scope, receive, send_status)
-            else:
-                with self._batcher.arriving():
-                    await self.app(scope, receive, send_status)
+            if credentials is not None and not credentials.allows(scope.get("headers") or []):
+                message = f"missing or invalid credentials: {credentials.challenge()}"
+                challenge = [(b"www-authenticate", b'Bearer realm="servekit"')]
+                await refuse(
+                    send_status,
+                    401,
+                    error_body(401, "unauthorized", message),
+                    *(challenge if credentials.auth.type == "bearer" else []),
+                )
+                return
+            post = scope.get("method") == "POST"
+            with self._batcher.arriving() if post else contextlib.nullcontext():
+                try:
+                    body = await read_body(scope, receive, limits.max_body, limits.body_timeout_s)
+                except BodyRejected as exc:
+                    error = error_body(exc.status, exc.code, str(exc))
+                    await refuse(send_status, exc.status, error)
+                    return
+                if body is None:
+                    return  # the client left before sending its request
+                await self.app(scope, replay(body, receive), send_status)
         finally:
             # FastAPI leaves the matched route in the scope: a bounded label, unlike a path.
             matched = scope.get("route")

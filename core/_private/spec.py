@@ -29,6 +29,16 @@ _UNITS = {
 }
 
 
+def _size(value: Any) -> Any:
+    """``512Mi``, ``2Gi``, ``1e9``-style strings as bytes; anything else as it is."""
+    if isinstance(value, str):
+        match = _MEMORY.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a size such as 512Mi, 2Gi or 1000000000")
+        return int(float(match.group(1)) * _UNITS[match.group(2)])
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -80,15 +90,7 @@ class Resources(_Section):
     memory: int | None = Field(default=None, description="bytes, or a string such as '2Gi'")
     threads: int | None = Field(default=None, ge=1)
 
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _parse_memory(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            match = _MEMORY.match(value)
-            if not match:
-                raise ValueError(f"{value!r} is not a size such as 512Mi, 2Gi or 1000000000")
-            return int(float(match.group(1)) * _UNITS[match.group(2)])
-        return value
+    _memory = field_validator("memory", mode="before")(lambda v: _size(v))
 
     @field_validator("num_gpus")
     @classmethod
@@ -106,6 +108,36 @@ class HealthCheck(_Section):
 
     period_s: float = Field(default=10.0, gt=0)
     timeout_s: float = Field(default=30.0, gt=0)
+
+
+class Limits(_Section):
+    """What a replica accepts from a client before any model code runs: the largest body
+    (bytes, or a size such as ``16Mi``; larger gets 413) and how long the whole body may
+    take to arrive (longer gets 408, and the replica's slot is free again)."""
+
+    max_body: int = Field(default=16 * 2**20, ge=1)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+
+    _max_body = field_validator("max_body", mode="before")(lambda v: _size(v))
+
+
+class Auth(_Section):
+    """Who may call a service: a bearer token (``Authorization: Bearer <token>``, what
+    OpenAI clients send) or an API key in a header. The tokens come from an environment
+    variable and/or a file (one or more tokens, separated by newlines, spaces or commas;
+    ``#`` starts a comment line) that the replica reads; the spec never holds them.
+    """
+
+    type: Literal["bearer", "api_key"] = "bearer"
+    header: str = Field(default="x-api-key", description="the API key's header (api_key)")
+    tokens_env: str | None = None
+    tokens_file: str | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> Auth:
+        if not self.tokens_env and not self.tokens_file:
+            raise ValueError("name where the tokens are: tokens_env, tokens_file or both")
+        return self
 
 
 class ServiceSpec(BaseModel):
@@ -139,6 +171,8 @@ class ServiceSpec(BaseModel):
     access_log: bool = Field(
         default=False, description="log every request in the replica (costs throughput)"
     )
+    auth: Auth | None = None
+    limits: Limits = Field(default_factory=Limits)
     kind: Literal["service"] = "service"
 
     def __init__(self, **data: Any) -> None:
@@ -300,6 +334,8 @@ LIVE_FIELDS = {
     "health_check",
     "graceful_shutdown_timeout_s",
     "route_prefix",
+    "auth",
+    "limits",
 }
 
 

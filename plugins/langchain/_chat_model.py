@@ -12,8 +12,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from opentelemetry import propagate
 from pydantic import Field
+from servekit.core import client_headers
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 
@@ -130,8 +130,9 @@ class ServekitChatModel(BaseChatModel):
 
     @property
     def _headers(self) -> dict[str, str]:
-        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        propagate.inject(headers)  # the active span's traceparent, when tracing is on
+        headers = client_headers()  # the active span's traceparent; SERVEKIT_TOKEN
+        if self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
         return headers
 
     def _body(

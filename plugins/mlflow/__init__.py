@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import click
 from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
-from opentelemetry import propagate
+from servekit.core import client_headers
 from servekit.plugins.mlflow._config import TargetConfig, describe_keys
 
 logger = logging.getLogger("servekit.mlflow")
@@ -152,8 +152,7 @@ class ServeDeploymentClient(BaseDeploymentClient):
         runtime = self._connect()
         self._spec_of(runtime, deployment_name)
         url = runtime.url(deployment_name) + "/invocations"
-        headers = {"content-type": "application/json"}
-        propagate.inject(headers)  # the caller's span continues in the service's trace
+        headers = {"content-type": "application/json", **client_headers()}
         reply = httpx.post(url, content=_to_json_body(inputs), headers=headers, timeout=600)
         if reply.status_code != 200:
             raise _error(_error_text(reply), reply.status_code)
@@ -172,8 +171,7 @@ class ServeDeploymentClient(BaseDeploymentClient):
         self._spec_of(runtime, deployment_name)
         url = runtime.url(deployment_name) + "/invocations"
         body = {**(inputs if isinstance(inputs, dict) else {"inputs": inputs}), "stream": True}
-        headers: dict[str, str] = {}
-        propagate.inject(headers)
+        headers = client_headers()
         with httpx.stream("POST", url, json=body, headers=headers, timeout=600) as reply:
             if reply.status_code != 200:
                 reply.read()

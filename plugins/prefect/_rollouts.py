@@ -9,7 +9,14 @@ from typing import Any
 import httpx
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from servekit.core import Analysis, Rollout, RolloutResult, ServiceSpec, Thresholds
+from servekit.core import (
+    Analysis,
+    Rollout,
+    RolloutResult,
+    ServiceSpec,
+    Thresholds,
+    client_headers,
+)
 
 _SCHEMES = ("python:", "langchain:", "llm:", "mlflow:")
 
@@ -111,7 +118,7 @@ def smoke_test(
     """POST ``body`` (JSON) to ``service`` at ``path`` directly (not through an endpoint)
     and fail unless it answers ``expect_status``; returns the status and the answer."""
     url = _runtime(address).url(service) + path
-    reply = httpx.post(url, json=body, timeout=60)
+    reply = httpx.post(url, json=body, headers=client_headers(), timeout=60)
     if reply.status_code != expect_status:
         raise RuntimeError(f"{url} answered {reply.status_code}: {reply.text[:300]}")
     return {"status": reply.status_code, "body": reply.text[:1000]}

@@ -74,3 +74,14 @@ def test_a_model_that_fails_to_load_is_a_500_and_others_keep_working(runtime, ve
     assert "request" in reply.json()["error"]["message"]
     ok = httpx.post(url, json=1, headers={MODEL_ID_HEADER: "beta"}, timeout=60)
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "model_id", ["../../etc/passwd", "/abs/path", "mod:Class;import os", "a b"]
+)
+def test_a_model_id_shaped_like_a_path_or_code_is_refused(runtime, versions, model_id):
+    url = runtime.url(NAME)
+    reply = httpx.post(url, json=1, headers={MODEL_ID_HEADER: model_id}, timeout=60)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["code"] == "invalid_model_id"
+    assert httpx.post(url, json=1, headers={MODEL_ID_HEADER: "beta"}, timeout=60).status_code == 200

@@ -8,6 +8,8 @@ def test_public_names_are_pinned():
         [
             "MODEL_ID_HEADER",
             "Analysis",
+            "Auth",
+            "client_headers",
             "build_metrics_hub",
             "build_service",
             "RayServiceStatus",

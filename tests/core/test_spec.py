@@ -79,7 +79,7 @@ services:
         (
             "name: a\nsource: python:m:A\nreplica: 2\n",
             "replica",
-            "allowed: access_log, autoscaling",
+            "allowed: access_log, auth, autoscaling",
         ),
         (
             "name: a\nsource: python:m:A\nresources: {num_gpus: 1.5}\n",
