@@ -69,6 +69,7 @@ bench: install
 	$(BIN)/python bench/langchain_host.py
 	$(BIN)/python bench/router.py
 	$(BIN)/python bench/tracing.py
+	$(BIN)/python bench/soak.py
 	$(if $(LLM_EXTRA),$(BIN)/python bench/llm.py)
 
 docs: install

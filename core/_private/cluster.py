@@ -191,6 +191,9 @@ class LocalCluster:
         # Replicas being replaced keep serving while HAProxy reloads without them; on
         # one machine that reload takes well under a second, not Serve's default 30 s.
         env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5")
+        # HAProxy's client timeout is an idle timer, an hour by default: a client that
+        # stops reading its answer would hold a replica slot that long.
+        env.setdefault("RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S", "120")
         ray_bin = str(Path(sys.executable).with_name("ray"))
         cmd = [
             ray_bin if os.path.exists(ray_bin) else "ray",

@@ -27,6 +27,17 @@ logger = logging.getLogger("servekit.langchain")
 _ALLOWED_CONFIG_KEYS = {"configurable", "tags", "metadata", "run_name", "max_concurrency"}
 
 
+def _json_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """LangServe's request bodies, for /openapi.json (clients and fuzzers)."""
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_CONFIG = {"config": {"type": "object"}, "kwargs": {"type": "object"}}
+_INVOKE_BODY = _json_body({"input": {}, **_CONFIG}, ["input"])
+_BATCH_BODY = _json_body({"inputs": {"type": "array"}, **_CONFIG}, ["inputs"])
+
+
 class ChainOptions(BaseModel):
     """The spec's ``options`` for a ``langchain:`` source."""
 
@@ -185,7 +196,8 @@ class RunnableServable(Servable):
             ("/stream", stream),
             ("/stream_events", stream_events),
         ):
-            router.add_api_route(path, endpoint, methods=["POST"])
+            body = _BATCH_BODY if path == "/batch" else _INVOKE_BODY
+            router.add_api_route(path, endpoint, methods=["POST"], openapi_extra=body)
         for path, endpoint in (
             ("/input_schema", input_schema),
             ("/output_schema", output_schema),

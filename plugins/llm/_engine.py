@@ -166,6 +166,8 @@ class VllmEngine:
                 for err in exc.errors()
             )
             return error_answer(400, "BadRequestError", problems)
+        except Exception as exc:  # vLLM's validators raise their own errors (an empty prompt)
+            return error_answer(400, "BadRequestError", str(exc))
         try:
             result = await create(request, raw_request)
         except Exception as exc:  # vLLM raises its validation errors (prompt too long)

@@ -178,13 +178,13 @@ class LLMServable(Servable):
                     cards.append({**base, **card})
             return JSONResponse(listing)
 
-        @router.post("/v1/chat/completions")
+        @router.post("/v1/chat/completions", openapi_extra=_CHAT_BODY)
         async def chat(request: Request) -> Response:
             body = await _body(request)
             await self._select(server, body)
             return _respond(await self.engine.chat(body, request))
 
-        @router.post("/v1/completions")
+        @router.post("/v1/completions", openapi_extra=_COMPLETION_BODY)
         async def completions(request: Request) -> Response:
             body = await _body(request)
             await self._select(server, body)
@@ -195,6 +195,33 @@ class LLMServable(Servable):
     def error_body(self, status_code: int, code: str, message: str) -> dict[str, Any]:
         kind = _KINDS.get(status_code, "InternalServerError")
         return {"error": {"message": message, "type": kind, "param": None, "code": status_code}}
+
+
+def _openai_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """The core of OpenAI's request bodies, for /openapi.json (clients and fuzzers); vLLM
+    takes more fields than these and validates them itself."""
+    common = {
+        "model": {"type": "string"},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "stream": {"type": "boolean"},
+    }
+    schema = {"type": "object", "properties": {**common, **properties}, "required": required}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_MESSAGE = {
+    "type": "object",
+    "properties": {
+        "role": {"enum": ["system", "user", "assistant"]},
+        "content": {"type": "string"},
+    },
+    "required": ["role", "content"],
+}
+_CHAT_BODY = _openai_body(
+    {"messages": {"type": "array", "items": _MESSAGE, "minItems": 1}}, ["model", "messages"]
+)
+_COMPLETION_BODY = _openai_body({"prompt": {"type": "string"}}, ["model", "prompt"])
 
 
 async def _body(request: Request) -> dict[str, Any]:

@@ -29,6 +29,37 @@ _JSON = "application/json"
 _CSV = "text/csv"
 
 
+# The body MLflow's scoring protocol takes, for /openapi.json (clients and fuzzers).
+_INVOCATIONS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "properties": {
+                        "dataframe_split": {
+                            "type": "object",
+                            "properties": {
+                                "columns": {"type": "array", "items": {"type": "string"}},
+                                "data": {"type": "array", "items": {"type": "array"}},
+                            },
+                        },
+                        "dataframe_records": {"type": "array", "items": {"type": "object"}},
+                        "instances": {"type": "array"},
+                        "inputs": {},
+                        "params": {"type": "object"},
+                        "stream": {"type": "boolean"},
+                    },
+                }
+            },
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
 def model_uri_for(base: str, model_id: str) -> str:
     """``models:/iris`` + ``3`` -> ``models:/iris/3``;
     ``models:/iris`` + ``champion`` -> ``models:/iris@champion``."""
@@ -143,7 +174,9 @@ class MlflowServable(Servable):
         async def version() -> Response:
             return Response(mlflow.__version__, media_type=_JSON)
 
-        router.add_api_route("/invocations", invocations, methods=["POST"])
+        router.add_api_route(
+            "/invocations", invocations, methods=["POST"], openapi_extra=_INVOCATIONS_BODY
+        )
         router.add_api_route("/ping", ping, methods=["GET"])
         router.add_api_route("/health", ping, methods=["GET"])
         router.add_api_route("/version", version, methods=["GET"])

@@ -170,3 +170,32 @@ def test_a_service_without_its_tokens_does_not_start(runtime, tmp_path):
         runtime.deploy(spec, timeout_s=240)
     with pytest.raises(NotFound):
         runtime.status("no-tokens")
+
+
+@pytest.mark.timeout(300)
+def test_a_chains_stream_and_schema_routes_need_the_token(runtime, tokens_file):
+    pytest.importorskip("langchain_core", reason="the langchain extra is not installed")
+    from servekit.plugins.langchain import serve_runnable
+
+    serve_runnable(
+        "sample_models.chains:speller",
+        name="guarded-chain",
+        runtime_env={"py_modules": [SAMPLE_MODELS]},
+        resources={"num_cpus": 0.25},
+        auth={"tokens_file": str(tokens_file)},
+    )
+    try:
+        url = runtime.url("guarded-chain")
+        for path in ("/stream", "/invoke", "/input_schema"):
+            method = "GET" if path.endswith("schema") else "POST"
+            refused = httpx.request(method, url + path, json={"input": "ab"}, timeout=30)
+            assert refused.status_code == 401, (path, refused.text)
+            assert refused.json()["error"]["code"] == "unauthorized"
+        with httpx.stream(
+            "POST", url + "/stream", json={"input": "ab"}, headers=_bearer(TOKEN), timeout=30
+        ) as reply:
+            assert reply.status_code == 200
+            events = [line for line in reply.iter_lines() if line.startswith("event:")]
+        assert events[-1] == "event: end"
+    finally:
+        runtime.delete("guarded-chain")

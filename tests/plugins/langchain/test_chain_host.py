@@ -242,3 +242,14 @@ def test_servekit_deploy_of_a_langchain_spec_file(runtime, tmp_path):
         assert reply.json()["output"] == "YAML"
     finally:
         runtime.delete("lc-from-file")
+
+
+@pytest.mark.timeout(600)
+def test_fuzzed_chain_routes_never_get_a_server_error(chains):
+    """schemathesis on LangServe's invoke, batch and stream routes of a prompt | model |
+    parser chain: bad inputs and configs are 4xx with JSON bodies, never a 5xx."""
+    from tests.fuzz import fuzz
+
+    seen = fuzz(chains["joke"], paths="^/(invoke|batch|stream)$", max_examples=25)
+    assert seen["examples"] >= 75
+    assert any(400 <= status < 500 for status in seen["statuses"]), seen

@@ -321,3 +321,14 @@ def test_an_engine_that_dies_fails_requests_in_flight_and_the_replica_is_replace
         pytest.fail("the service did not come back after its engine died")
     new_pid = runtime.handle(NAME).describe.remote().result(timeout_s=30)["pid"]
     assert new_pid != replica.pid
+
+
+@pytest.mark.timeout(900)
+def test_fuzzed_openai_routes_never_get_a_server_error(service):
+    """schemathesis on /v1/completions and /v1/chat/completions: unknown models, bad
+    messages, out-of-range parameters are OpenAI-style 4xx, never a 5xx."""
+    from tests.fuzz import fuzz
+
+    seen = fuzz(service, paths="^/v1/(chat/)?completions$", max_examples=20, timeout_s=120)
+    assert seen["examples"] >= 40
+    assert any(400 <= status < 500 for status in seen["statuses"]), seen

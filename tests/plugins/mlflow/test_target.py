@@ -330,3 +330,14 @@ def test_endpoints_split_traffic_between_deployments(registry, runtime):
         client.delete_deployment("iris-one")
         client.delete_deployment("iris-two")
     assert client.list_endpoints() == []
+
+
+@pytest.mark.timeout(600)
+def test_fuzzed_invocations_never_get_a_server_error(iris):
+    """schemathesis, from the service's own /openapi.json: valid and invalid bodies,
+    JSON and CSV, wrong content types; no 5xx, every error a JSON body."""
+    from tests.fuzz import fuzz
+
+    seen = fuzz(iris, paths="^/invocations$", max_examples=60)
+    assert seen["examples"] >= 60
+    assert any(400 <= status < 500 for status in seen["statuses"]), seen  # mistakes were made
