@@ -132,9 +132,16 @@ def tool() -> str:
     return "wrk" if shutil.which("wrk") else "python (wrk not installed: numbers not comparable)"
 
 
-def _wrk(url: str, body: str, connections: int, seconds: float) -> dict:
+def _wrk(
+    url: str, body: str, connections: int, seconds: float, delay_ms: float | None = None
+) -> dict:
+    """wrk's summary; with ``delay_ms``, each connection pauses that long between its
+    requests (an open-ish loop at a chosen rate instead of as fast as possible)."""
+    script = _WRK_SCRIPT
+    if delay_ms is not None:
+        script += f"function delay() return {delay_ms:.3f} end\n"
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(_WRK_SCRIPT)
+        f.write(script)
     threads = max(1, min(2, connections))
     out = subprocess.run(
         [

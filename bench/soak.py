@@ -5,8 +5,8 @@ same run, through `mlflow models serve` (the baseline) at 80% of its own capacit
     python bench/soak.py [--seconds 300] [--share 0.8]
 
 Each server's capacity is first measured with wrk (32 connections, closed loop); the soak
-then runs wrk with a fixed pause between each connection's requests, so the offered rate
-stays near ``share`` of that capacity instead of saturating. The goal: zero errors, and
+then runs wrk with a pause between each connection's requests, calibrated so that the
+offered rate stays near ``share`` of that capacity instead of saturating. The goal: zero errors, and
 the serving processes' resident memory grows less than 10% from the end of the first
 minute to the end. Writes bench/results/soak.json and the "Load held" section of
 docs/benchmarks.md.
@@ -15,10 +15,6 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,58 +25,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _load
 from mlflow_target import mlflow_serve, register_model, serve_target
 
-CONNECTIONS = 16
-_PACED = """
-wrk.method = "POST"
-wrk.body = os.getenv("BENCH_BODY")
-wrk.headers["Content-Type"] = "application/json"
-function delay() return tonumber(os.getenv("BENCH_DELAY_MS")) end
-function done(summary, latency, requests)
-  io.write(string.format(
-    "BENCH_JSON {\\"requests\\": %d, \\"seconds\\": %f, \\"errors\\": %d, " ..
-    "\\"non_2xx\\": %d, \\"p50_ms\\": %f, \\"p99_ms\\": %f}\\n",
-    summary.requests, summary.duration / 1e6,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.errors.status, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
-end
-"""
+CONNECTIONS = 32  # as many as the capacity run: fewer could not offer 80% of it
 
 
-def paced(url: str, body: str, rate: float, seconds: float, capacity_p50_ms: float) -> dict:
-    """wrk at about ``rate`` req/s: each connection pauses between its requests."""
-    delay_ms = max(0.0, CONNECTIONS * 1000.0 / rate - capacity_p50_ms)
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(_PACED)
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t2",
-            f"-c{CONNECTIONS}",
-            f"-d{seconds:g}s",
-            "--timeout",
-            "10s",
-            "-s",
-            f.name,
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "BENCH_BODY": body, "BENCH_DELAY_MS": f"{delay_ms:.3f}"},
-        timeout=seconds + 120,
-    )
-    os.unlink(f.name)
-    match = re.search(r"BENCH_JSON (\{.*\})", out.stdout)
-    if not match:
-        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
-    raw = json.loads(match.group(1))
-    return {
-        "rps": raw["requests"] / raw["seconds"],
-        "p50_ms": raw["p50_ms"],
-        "p99_ms": raw["p99_ms"],
-        "errors": raw["errors"] + raw["non_2xx"],
-        "requests": raw["requests"],
-        "delay_ms": delay_ms,
-    }
+def paced(url: str, body: str, rate: float, seconds: float) -> dict:
+    """wrk at about ``rate`` req/s: each connection pauses between its requests, the
+    pause calibrated by two short probes (a connection's cycle is its latency plus the
+    pause, and the latency at the paced load is lower than at full load)."""
+    cycle_ms = CONNECTIONS * 1000.0 / rate  # what each connection's cycle must take
+    delay_ms = cycle_ms
+    for _ in range(2):
+        probe = _load._wrk(url, body, CONNECTIONS, 8, delay_ms=delay_ms)
+        latency_ms = max(0.0, CONNECTIONS * 1000.0 / probe["rps"] - delay_ms)
+        delay_ms = max(0.0, cycle_ms - latency_ms)
+    return {**_load._wrk(url, body, CONNECTIONS, seconds, delay_ms=delay_ms), "delay_ms": delay_ms}
 
 
 def rss_mib(pids: list[int]) -> float:
@@ -122,7 +80,7 @@ def soak(url: str, body: str, pids: list[int], args: argparse.Namespace) -> dict
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    result = paced(url, body, rate, args.seconds, capacity["p50_ms"])
+    result = paced(url, body, rate, args.seconds)
     stop.set()
     sampler.join()
     after_warmup = [rss for at, rss in samples if at >= 60] or [rss for _, rss in samples]
